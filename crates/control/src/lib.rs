@@ -1,0 +1,163 @@
+//! The control plane: every ECS operation, the task lifecycle as the control plane sees
+//! it, and the link to the node agent.
+//!
+//! [`Control::handle`] takes one parsed [`Request`] and answers with the operation's
+//! response as JSON or an [`EcsError`]; the HTTP layer only parses and renders. State
+//! lives in the [`Store`] under these keys:
+//!
+//! ```text
+//! clusters/<name>                      Cluster
+//! families/<family>                    latest revision number of the family
+//! taskdefs/<family>/<revision:010>     TaskDefinition + tags
+//! tasks/<cluster>/<task id>            TaskRecord (the Task, its plan, its placement)
+//! tokens/<cluster>/<client token>      RunTask idempotency record
+//! ```
+//!
+//! Agents are reached through [`model::agent`] messages (see [`Control::attach_agent`]).
+
+mod clusters;
+mod ipam;
+mod reports;
+mod tags;
+mod task_definitions;
+mod tasks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use model::agent::{FromAgent, ToAgent};
+use model::arn::Scope;
+use model::ops::Request;
+use model::EcsError;
+use serde::Serialize;
+use store::{Store, StoreError};
+use tokio::sync::{mpsc, Mutex};
+
+pub use tasks::TaskRecord;
+
+/// How the control plane is set up.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    pub scope: Scope,
+    /// The subnet task addresses come from; its first host address is the gateway.
+    pub subnet: Ipv4Net,
+    /// The subnet id reported in task attachments when RunTask names none.
+    pub default_subnet_id: String,
+    /// How long a stopped task stays describable.
+    pub stopped_task_retention: Duration,
+}
+
+/// The control plane. Cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    config: ControlConfig,
+    agent: std::sync::Mutex<Option<mpsc::UnboundedSender<ToAgent>>>,
+    /// Serialises address allocation with the task writes that claim the addresses.
+    ipam: Mutex<ipam::Ipam>,
+}
+
+impl Control {
+    /// Opens the control plane on `store`, rebuilding its in-memory indexes.
+    pub async fn new(store: Arc<dyn Store>, config: ControlConfig) -> Result<Self, StoreError> {
+        let ipam = ipam::Ipam::new(config.subnet);
+        let control = Control {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                agent: std::sync::Mutex::new(None),
+                ipam: Mutex::new(ipam),
+            }),
+        };
+        control.rebuild_ipam().await?;
+        Ok(control)
+    }
+
+    fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+
+    fn scope(&self) -> &Scope {
+        &self.inner.config.scope
+    }
+
+    /// Serves one ECS operation.
+    pub async fn handle(&self, request: Request) -> Result<serde_json::Value, EcsError> {
+        match request {
+            Request::CreateCluster(r) => respond(self.create_cluster(r).await),
+            Request::DescribeClusters(r) => respond(self.describe_clusters(r).await),
+            Request::ListClusters(r) => respond(self.list_clusters(r).await),
+            Request::DeleteCluster(r) => respond(self.delete_cluster(r).await),
+            Request::RegisterTaskDefinition(r) => respond(self.register_task_definition(r).await),
+            Request::DescribeTaskDefinition(r) => respond(self.describe_task_definition(r).await),
+            Request::ListTaskDefinitions(r) => respond(self.list_task_definitions(r).await),
+            Request::ListTaskDefinitionFamilies(r) => {
+                respond(self.list_task_definition_families(r).await)
+            }
+            Request::DeregisterTaskDefinition(r) => {
+                respond(self.deregister_task_definition(r).await)
+            }
+            Request::RunTask(r) => respond(self.run_task(r).await),
+            Request::StopTask(r) => respond(self.stop_task(r).await),
+            Request::DescribeTasks(r) => respond(self.describe_tasks(r).await),
+            Request::ListTasks(r) => respond(self.list_tasks(r).await),
+            Request::TagResource(r) => respond(self.tag_resource(r).await),
+            Request::UntagResource(r) => respond(self.untag_resource(r).await),
+            Request::ListTagsForResource(r) => respond(self.list_tags_for_resource(r).await),
+        }
+    }
+
+    /// Connects an agent: `to_agent` carries the control plane's messages, `from_agent`
+    /// the agent's. Spawns the loop that applies the agent's reports; the agent's
+    /// `Hello` is answered with a `Sync` of every task placed on it. Also starts the
+    /// loop that forgets stopped tasks past their retention.
+    pub fn attach_agent(
+        &self,
+        to_agent: mpsc::UnboundedSender<ToAgent>,
+        mut from_agent: mpsc::UnboundedReceiver<FromAgent>,
+    ) -> tokio::task::JoinHandle<()> {
+        *self.inner.agent.lock().unwrap_or_else(|p| p.into_inner()) = Some(to_agent);
+        let control = self.clone();
+        tokio::spawn(async move {
+            let retention = control.clone();
+            let sweeper = tokio::spawn(async move { retention.forget_expired_loop().await });
+            while let Some(message) = from_agent.recv().await {
+                control.on_agent_message(message).await;
+            }
+            sweeper.abort();
+            tracing::warn!("agent disconnected from the control plane");
+        })
+    }
+
+    fn send_to_agent(&self, message: ToAgent) {
+        let guard = self.inner.agent.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(tx) if tx.send(message).is_ok() => {}
+            _ => tracing::warn!("no agent connected: the message waits for the agent's next Sync"),
+        }
+    }
+}
+
+fn respond<T: Serialize>(result: Result<T, EcsError>) -> Result<serde_json::Value, EcsError> {
+    result.and_then(|value| {
+        serde_json::to_value(value)
+            .map_err(|e| EcsError::Server(format!("cannot encode the response: {e}")))
+    })
+}
+
+/// A store failure is the server's fault: logged in full, reported without internals.
+fn internal(error: StoreError) -> EcsError {
+    tracing::error!(error = %error, "state store operation failed");
+    EcsError::Server(format!("The state store failed: {error}"))
+}
+
+#[cfg(test)]
+mod test_support;
+
+#[cfg(test)]
+mod tests;

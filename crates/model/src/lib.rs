@@ -1,0 +1,26 @@
+//! Skiff's domain model: the ECS resources as they travel on the wire (botocore's ECS
+//! shapes, camelCase JSON), the Fargate validation rules, resource names (ARNs and ids)
+//! and the task state machine. Pure data and pure functions: no I/O.
+
+pub mod agent;
+pub mod arn;
+pub mod cluster;
+pub mod error;
+pub mod ops;
+pub mod tag;
+pub mod task;
+pub mod task_definition;
+pub mod validate;
+
+pub use error::EcsError;
+
+/// Seconds since the Unix epoch, as ECS puts timestamps on the wire.
+pub type Timestamp = f64;
+
+/// The current time as an ECS timestamp (millisecond precision).
+pub fn now() -> Timestamp {
+    let elapsed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (elapsed.as_millis() as f64) / 1000.0
+}
