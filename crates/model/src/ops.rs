@@ -443,7 +443,7 @@ fn decode_token(token: &str) -> Result<String, EcsError> {
             "Invalid nextToken: pass the nextToken of the previous response unchanged.".into(),
         )
     };
-    if token.len() % 2 != 0 {
+    if !token.len().is_multiple_of(2) {
         return Err(invalid());
     }
     let bytes = (0..token.len())

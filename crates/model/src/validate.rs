@@ -508,7 +508,8 @@ mod tests {
 
     #[test]
     fn refuses_what_fargate_refuses() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut TaskDefinition)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut TaskDefinition)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             (
                 "privileged",
                 Box::new(|d| d.container_definitions[0].privileged = Some(true)),

@@ -1,0 +1,335 @@
+//! One task's life on this host, as a sequence the runner walks:
+//!
+//! ```text
+//! PROVISIONING  attach the task network (netns, veth, address)
+//! PENDING       resolve each container's image; mount its root filesystem
+//! ACTIVATING    hand the task spec to the sandbox driver (starts the supervisor)
+//! RUNNING       follow the supervisor's status; forward a stop request to it
+//! STOPPING      the supervisor stops the containers (SIGTERM, stopTimeout, SIGKILL)
+//! DEPROVISIONING remove the sandbox, unmount and delete the writable layers, detach
+//! STOPPED       report, and mark the task finished so a restart leaves it alone
+//! ```
+//!
+//! A failure before the supervisor runs stops the task with `TaskFailedToStart` and an
+//! ECS-style reason (`CannotPullContainerError: ...`, `ResourceInitializationError: ...`);
+//! clean-up runs on every path. A stop request that arrives before ACTIVATING skips
+//! straight to clean-up.
+
+use futures::StreamExt;
+use model::agent::{ContainerReport, TaskPlan, TaskReport};
+use model::task::{StopCode, TaskStatus};
+use sandbox::SupervisorClient;
+use supervisor::protocol::{self, ContainerState, TaskPhase};
+use tokio::sync::watch;
+
+use crate::{prepare, Agent};
+
+const OOM_REASON: &str = "OutOfMemoryError: Container killed due to memory usage";
+
+/// Drives one task from wherever it is to STOPPED.
+pub(crate) async fn run(
+    agent: &Agent,
+    plan: TaskPlan,
+    adopted: Option<SupervisorClient>,
+    mut stop: watch::Receiver<Option<String>>,
+) {
+    let mut report = TaskReport {
+        task_arn: plan.task_arn.clone(),
+        ..Default::default()
+    };
+    let client = match adopted {
+        Some(client) => Some(client),
+        None => match start(agent, &plan, &mut report, &stop).await {
+            Ok(client) => client,
+            Err(reason) => {
+                tracing::warn!(task_id = %plan.task_id, reason = %reason, "task failed to start");
+                report.stop_code = Some(StopCode::TaskFailedToStart.as_str().into());
+                report.stopped_reason = Some(reason);
+                report.execution_stopped_at = Some(model::now());
+                None
+            }
+        },
+    };
+    if let Some(client) = client {
+        follow(agent, &plan, &client, &mut report, &mut stop).await;
+    } else if let Some(reason) = stop.borrow().clone() {
+        report
+            .stop_code
+            .get_or_insert_with(|| StopCode::UserInitiated.as_str().into());
+        report.stopped_reason.get_or_insert(reason);
+        report.execution_stopped_at.get_or_insert_with(model::now);
+    }
+    finish(agent, &plan, report).await;
+}
+
+fn set_status(agent: &Agent, report: &mut TaskReport, status: TaskStatus) {
+    report.last_status = Some(status);
+    agent.report(report.clone());
+}
+
+/// PROVISIONING to ACTIVATING. Ok(None) means a stop arrived before the sandbox ran.
+async fn start(
+    agent: &Agent,
+    plan: &TaskPlan,
+    report: &mut TaskReport,
+    stop: &watch::Receiver<Option<String>>,
+) -> Result<Option<SupervisorClient>, String> {
+    let state_dir = agent.task_state_dir(&plan.task_id);
+    prepare::save_plan(&state_dir, plan)
+        .map_err(|e| format!("ResourceInitializationError: cannot record the task plan: {e}"))?;
+
+    let interface = agent
+        .inner
+        .network
+        .attach(&plan.task_id, plan.network.address)
+        .await
+        .map_err(|e| {
+            format!(
+                "ResourceInitializationError: failed to configure the task network: {}",
+                prepare::error_chain(&e)
+            )
+        })?;
+    report.mac_address = Some(interface.mac_address.clone());
+    if stop.borrow().is_some() {
+        return Ok(None);
+    }
+
+    report.pull_started_at = Some(model::now());
+    set_status(agent, report, TaskStatus::Pending);
+    let images = agent.images().clone();
+    let plan_for_images = plan.clone();
+    let state_for_images = state_dir.clone();
+    let resolved = tokio::task::spawn_blocking(move || {
+        let mut containers = Vec::new();
+        for c in &plan_for_images.containers {
+            let image = images.resolve(&c.image).map_err(|e| {
+                format!(
+                    "CannotPullContainerError: pull image {} for container {}: {}",
+                    c.image,
+                    c.name,
+                    prepare::error_chain(&e)
+                )
+            })?;
+            let dirs = prepare::rootfs_dirs(&state_for_images, &c.name);
+            prepare::mount_rootfs(&images, &image, &dirs, c.readonly_root_filesystem).map_err(
+                |e| format!("ResourceInitializationError: cannot mount the root filesystem of container {}: {e}", c.name),
+            )?;
+            containers.push((c.clone(), image, dirs.target));
+        }
+        Ok::<_, String>(containers)
+    })
+    .await
+    .map_err(|e| format!("ResourceInitializationError: image preparation panicked: {e}"))??;
+    report.pull_stopped_at = Some(model::now());
+    report.containers = resolved
+        .iter()
+        .map(|(c, image, _)| ContainerReport {
+            name: c.name.clone(),
+            last_status: "PENDING".into(),
+            image_digest: Some(image.digest.clone()),
+            runtime_id: Some(supervisor::spec::container_id(&plan.task_id, &c.name)),
+            ..Default::default()
+        })
+        .collect();
+    if stop.borrow().is_some() {
+        return Ok(None);
+    }
+
+    set_status(agent, report, TaskStatus::Activating);
+    let spec = prepare::task_spec(plan, interface.netns_path.clone(), &resolved)?;
+    let client = agent
+        .inner
+        .driver
+        .launch(spec)
+        .await
+        .map_err(|e| format!("CannotStartContainerError: {}", prepare::error_chain(&e)))?;
+    Ok(Some(client))
+}
+
+/// Follows the supervisor until the task has stopped, forwarding stop requests.
+async fn follow(
+    agent: &Agent,
+    plan: &TaskPlan,
+    client: &SupervisorClient,
+    report: &mut TaskReport,
+    stop: &mut watch::Receiver<Option<String>>,
+) {
+    let mut stop_sent = false;
+    loop {
+        let mut statuses = match client.watch().await {
+            Ok(s) => Box::pin(s),
+            Err(e) => {
+                tracing::error!(task_id = %plan.task_id, error = %e, "cannot watch the supervisor");
+                report.stopped_reason.get_or_insert_with(|| {
+                    format!(
+                        "ResourceInitializationError: lost the task supervisor: {}",
+                        prepare::error_chain(&e)
+                    )
+                });
+                return;
+            }
+        };
+        loop {
+            if !stop_sent {
+                let requested = stop.borrow_and_update().clone();
+                if let Some(reason) = requested {
+                    if let Err(e) = client.stop(&reason).await {
+                        tracing::warn!(task_id = %plan.task_id, error = %e, "cannot ask the supervisor to stop");
+                    }
+                    stop_sent = true;
+                }
+            }
+            tokio::select! {
+                next = statuses.next() => match next {
+                    Some(status) => {
+                        let stopped = status.phase == TaskPhase::Stopped;
+                        apply_status(agent, plan, report, &status);
+                        if stopped {
+                            return;
+                        }
+                    }
+                    // The watch ended before the task stopped: check, then re-watch.
+                    None => break,
+                },
+                changed = stop.changed(), if !stop_sent => {
+                    if changed.is_err() {
+                        stop_sent = true;
+                    }
+                }
+            }
+        }
+        match client.status().await {
+            Ok(status) if status.phase == TaskPhase::Stopped => {
+                apply_status(agent, plan, report, &status);
+                return;
+            }
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            Err(e) => {
+                tracing::error!(task_id = %plan.task_id, error = %e, "the supervisor is gone");
+                report.stopped_reason.get_or_insert_with(|| {
+                    "ResourceInitializationError: the task supervisor exited unexpectedly".into()
+                });
+                return;
+            }
+        }
+    }
+}
+
+/// Translates a supervisor status into the task report and sends it if it changed.
+fn apply_status(
+    agent: &Agent,
+    plan: &TaskPlan,
+    report: &mut TaskReport,
+    status: &protocol::TaskStatus,
+) {
+    let before = report.clone();
+    let millis = |ms: Option<u64>| ms.map(|ms| ms as f64 / 1000.0);
+    for c in &status.containers {
+        let slot = match report.containers.iter_mut().position(|x| x.name == c.name) {
+            Some(i) => &mut report.containers[i],
+            None => {
+                report.containers.push(ContainerReport {
+                    name: c.name.clone(),
+                    runtime_id: Some(supervisor::spec::container_id(&plan.task_id, &c.name)),
+                    ..Default::default()
+                });
+                report.containers.last_mut().expect("just pushed")
+            }
+        };
+        slot.last_status = match c.state {
+            ContainerState::Pending | ContainerState::Created => "PENDING",
+            ContainerState::Running => "RUNNING",
+            ContainerState::Exited | ContainerState::NotStarted => "STOPPED",
+        }
+        .into();
+        if c.state == ContainerState::Exited {
+            slot.exit_code = c.exit_code;
+        }
+        if c.oom_killed {
+            slot.reason = Some(OOM_REASON.into());
+        } else if c.reason.is_some() {
+            slot.reason.clone_from(&c.reason);
+        }
+    }
+    let first_start = status.containers.iter().filter_map(|c| c.started_at).min();
+    match status.phase {
+        TaskPhase::Starting => report.last_status = Some(TaskStatus::Activating),
+        TaskPhase::Running => {
+            report.last_status = Some(TaskStatus::Running);
+            report.started_at = report.started_at.or(millis(first_start));
+            report.connectivity_at = report.connectivity_at.or(report.started_at);
+        }
+        TaskPhase::Stopping => report.last_status = Some(TaskStatus::Stopping),
+        TaskPhase::Stopped => {
+            if first_start.is_some() {
+                report.started_at = report.started_at.or(millis(first_start));
+                report.connectivity_at = report.connectivity_at.or(report.started_at);
+            }
+            let last_exit = status.containers.iter().filter_map(|c| c.finished_at).max();
+            report.execution_stopped_at = millis(last_exit).or_else(|| Some(model::now()));
+            report.stop_code = status.stop_code.map(|code| {
+                match code {
+                    protocol::StopCode::TaskFailedToStart => StopCode::TaskFailedToStart,
+                    protocol::StopCode::EssentialContainerExited => {
+                        StopCode::EssentialContainerExited
+                    }
+                    protocol::StopCode::UserInitiated => StopCode::UserInitiated,
+                }
+                .as_str()
+                .to_string()
+            });
+            report.stopped_reason.clone_from(&status.stopped_reason);
+            report.last_status = Some(TaskStatus::Deprovisioning);
+        }
+    }
+    if *report != before {
+        agent.report(report.clone());
+    }
+}
+
+/// DEPROVISIONING and STOPPED: releases everything the task held.
+async fn finish(agent: &Agent, plan: &TaskPlan, mut report: TaskReport) {
+    set_status(agent, &mut report, TaskStatus::Deprovisioning);
+    let task_id = &plan.task_id;
+    if let Err(e) = agent.inner.driver.remove(task_id).await {
+        tracing::error!(task_id = %task_id, error = %prepare::error_chain(&e), "cannot remove the sandbox");
+    }
+    let state_dir = agent.task_state_dir(task_id);
+    let released = tokio::task::spawn_blocking({
+        let dir = state_dir.clone();
+        move || prepare::release_storage(&dir)
+    })
+    .await;
+    match released {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(task_id = %task_id, error = %e, "cannot release task storage")
+        }
+        Err(e) => tracing::error!(task_id = %task_id, error = %e, "storage release panicked"),
+    }
+    if let Err(e) = agent.inner.network.detach(task_id).await {
+        tracing::error!(task_id = %task_id, error = %prepare::error_chain(&e), "cannot detach the task network");
+    }
+    for c in &mut report.containers {
+        c.last_status = "STOPPED".into();
+    }
+    report.execution_stopped_at.get_or_insert_with(model::now);
+    if let Err(e) = prepare::mark_finished(&state_dir) {
+        tracing::warn!(task_id = %task_id, error = %e, "cannot mark the task finished");
+    }
+    set_status(agent, &mut report, TaskStatus::Stopped);
+    tracing::info!(task_id = %task_id, reason = report.stopped_reason.as_deref().unwrap_or(""), "task stopped");
+}
+
+/// A task the control plane believes ran here, but whose sandbox is gone.
+pub(crate) async fn report_lost(agent: &Agent, plan: TaskPlan) {
+    let report = TaskReport {
+        task_arn: plan.task_arn.clone(),
+        stopped_reason: Some(
+            "ResourceInitializationError: the task's sandbox was lost while the agent was down"
+                .into(),
+        ),
+        ..Default::default()
+    };
+    finish(agent, &plan, report).await;
+}

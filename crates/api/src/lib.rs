@@ -1,0 +1,13 @@
+//! The ECS wire protocol, both sides of it.
+//!
+//! The server side (request/response shapes, error mapping, the HTTP router) verifies
+//! every request with [`sigv4`]; the client side ([`client`], used by the `skiff` CLI)
+//! signs with the same code and finds its keys through [`credentials`], the standard AWS
+//! credential chain.
+
+pub mod client;
+pub mod credentials;
+mod metrics;
+mod native;
+pub mod server;
+pub mod sigv4;

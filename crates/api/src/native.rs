@@ -1,0 +1,221 @@
+//! Skiff's native endpoints: what the ECS API has no operation for (image import,
+//! container logs). Signed like the ECS API; errors in the same `__type`/`message` shape.
+
+use std::io::Write;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::json;
+use supervisor::logs::{LogEntry, LogFollower, LogStream};
+
+use crate::server::{authenticate, with_request_id, AppState, WireError};
+use crate::sigv4::Payload;
+
+/// How often a followed log is polled for new entries.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
+
+fn images_json(images: &[image::Image]) -> serde_json::Value {
+    json!({
+        "images": images.iter().map(|i| json!({
+            "digest": i.digest,
+            "names": i.names,
+            "size": i.size,
+            "architecture": i.architecture,
+            "os": i.os,
+        })).collect::<Vec<_>>()
+    })
+}
+
+fn image_error(e: &image::ImageError) -> WireError {
+    WireError::new(400, "ClientException", error_chain(e))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+pub(crate) async fn list_images(
+    State(shared): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authenticate(&shared.state, &method, &uri, &headers, Payload::Bytes(b"")) {
+        return e.into_response();
+    }
+    let images = shared.state.agent.images().clone();
+    match tokio::task::spawn_blocking(move || images.list()).await {
+        Ok(Ok(list)) => with_request_id(axum::Json(images_json(&list)).into_response()),
+        Ok(Err(e)) => image_error(&e).into_response(),
+        Err(e) => WireError::new(500, "ServerException", e.to_string()).into_response(),
+    }
+}
+
+pub(crate) async fn load_image(
+    State(shared): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(e) = authenticate(&shared.state, &method, &uri, &headers, Payload::Streamed) {
+        return e.into_response();
+    }
+    match receive_and_load(&shared, body).await {
+        Ok(images) => {
+            for image in &images {
+                tracing::info!(digest = %image.digest, names = ?image.names, "image loaded");
+            }
+            with_request_id(axum::Json(images_json(&images)).into_response())
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Spools the upload to a temporary file (archives are read out of order), then
+/// imports it.
+async fn receive_and_load(shared: &AppState, body: Body) -> Result<Vec<image::Image>, WireError> {
+    let server_error = |what: &str, e: &dyn std::error::Error| {
+        WireError::new(
+            500,
+            "ServerException",
+            format!("{what}: {}", error_chain(e)),
+        )
+    };
+    let mut spool =
+        tempfile::tempfile().map_err(|e| server_error("cannot spool the upload", &e))?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            WireError::new(
+                400,
+                "ClientException",
+                format!("the upload was interrupted: {e}"),
+            )
+        })?;
+        spool
+            .write_all(&chunk)
+            .map_err(|e| server_error("cannot spool the upload", &e))?;
+    }
+    let images = shared.state.agent.images().clone();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Seek;
+        spool.rewind()?;
+        Ok::<_, std::io::Error>(images.load_archive(std::io::BufReader::new(spool)))
+    })
+    .await
+    .map_err(|e| server_error("the import panicked", &e))?
+    .map_err(|e| server_error("cannot read the spooled upload", &e))?
+    .map_err(|e| image_error(&e))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct LogsQuery {
+    container: Option<String>,
+    #[serde(default)]
+    follow: bool,
+}
+
+pub(crate) async fn task_logs(
+    State(shared): State<AppState>,
+    Path(task_id): Path<String>,
+    Query(query): Query<LogsQuery>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authenticate(&shared.state, &method, &uri, &headers, Payload::Bytes(b"")) {
+        return e.into_response();
+    }
+    let agent = shared.state.agent.clone();
+    let not_found = |e: &dyn std::error::Error| {
+        WireError::new(400, "InvalidParameterException", error_chain(e)).into_response()
+    };
+    let task_dir = match agent.task_logs(&task_id) {
+        Ok(dir) => dir,
+        Err(e) => return not_found(&e),
+    };
+    let mut containers = match agent.task_containers(&task_id) {
+        Ok(names) => names,
+        Err(e) => return not_found(&e),
+    };
+    if let Some(only) = &query.container {
+        if !containers.contains(only) {
+            return WireError::new(
+                400,
+                "InvalidParameterException",
+                format!("task {task_id} has no container '{only}': it has {containers:?}"),
+            )
+            .into_response();
+        }
+        containers.retain(|c| c == only);
+    }
+    let mut followers = Vec::new();
+    for name in &containers {
+        match LogFollower::open(&task_dir, name, None) {
+            Ok(f) => followers.push((name.clone(), f)),
+            Err(e) => return not_found(&e),
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
+    tokio::spawn(async move {
+        loop {
+            // Checked before reading, so the last read sees everything a stopped task wrote.
+            let active = query.follow && agent.is_active(&task_id);
+            let mut batch: Vec<(String, LogEntry)> = Vec::new();
+            for (name, follower) in &mut followers {
+                match follower.poll() {
+                    Ok(entries) => batch.extend(entries.into_iter().map(|e| (name.clone(), e))),
+                    Err(e) => {
+                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                        return;
+                    }
+                }
+            }
+            batch.sort_by_key(|(_, e)| e.timestamp);
+            for (name, entry) in batch {
+                let line = json!({
+                    "time": entry.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                    "container": name,
+                    "stream": match entry.stream { LogStream::Stdout => "stdout", LogStream::Stderr => "stderr" },
+                    "partial": entry.partial,
+                    "message": entry.message,
+                });
+                if tx.send(Ok(format!("{line}\n"))).await.is_err() {
+                    return;
+                }
+            }
+            if !active {
+                return;
+            }
+            tokio::time::sleep(FOLLOW_INTERVAL).await;
+        }
+    });
+    let stream = receiver_stream(rx);
+    with_request_id(
+        (
+            [("content-type", "application/x-ndjson")],
+            Body::from_stream(stream),
+        )
+            .into_response(),
+    )
+}
+
+fn receiver_stream(
+    rx: tokio::sync::mpsc::Receiver<Result<String, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<String, std::io::Error>> {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}

@@ -1,0 +1,223 @@
+//! The HTTP side of the API: one router serving the ECS JSON 1.1 protocol at `POST /`
+//! and Skiff's native endpoints under `/skiff/v1/`, every request SigV4-verified, timed
+//! and counted.
+//!
+//! ```text
+//! POST /                               ECS: X-Amz-Target AmazonEC2ContainerServiceV20141113.<Op>
+//! POST /skiff/v1/images/load           import a docker-save / OCI layout tarball (streamed)
+//! GET  /skiff/v1/images                list images
+//! GET  /skiff/v1/tasks/<id>/logs       container logs as JSON lines (?container=&follow=)
+//! GET  /metrics                        Prometheus text format (unauthenticated, loopback)
+//! ```
+//!
+//! The router only authenticates, parses and renders: operations are [`model::ops::Request`]
+//! messages handled by [`control::Control`]; images and logs are the agent's.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use model::ops::Request;
+use serde_json::json;
+
+use crate::credentials::Credentials;
+use crate::metrics::Metrics;
+use crate::sigv4::{self, Payload, RequestParts, VerifyParams};
+
+const TARGET_PREFIX: &str = "AmazonEC2ContainerServiceV20141113.";
+const JSON_CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+
+/// The access keys the server accepts.
+#[derive(Clone, Default)]
+pub struct Keys {
+    by_id: HashMap<String, Credentials>,
+}
+
+impl Keys {
+    pub fn single(credentials: Credentials) -> Self {
+        let mut keys = Keys::default();
+        keys.by_id
+            .insert(credentials.access_key_id.clone(), credentials);
+        keys
+    }
+
+    fn get(&self, access_key_id: &str) -> Option<Credentials> {
+        self.by_id.get(access_key_id).cloned()
+    }
+}
+
+/// What the router serves from.
+pub struct ApiState {
+    pub control: control::Control,
+    pub agent: agent::Agent,
+    pub keys: Keys,
+    pub region: String,
+}
+
+pub(crate) struct Shared {
+    pub state: ApiState,
+    pub metrics: Metrics,
+}
+
+pub(crate) type AppState = Arc<Shared>;
+
+/// Builds the router.
+pub fn router(state: ApiState) -> Router {
+    let shared = Arc::new(Shared {
+        state,
+        metrics: Metrics::default(),
+    });
+    Router::new()
+        .route("/", post(ecs))
+        .route("/skiff/v1/images", get(crate::native::list_images))
+        .route("/skiff/v1/images/load", post(crate::native::load_image))
+        .route(
+            "/skiff/v1/tasks/{task_id}/logs",
+            get(crate::native::task_logs),
+        )
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+/// An error on the wire: `{"__type": ..., "message": ...}` with the request id header.
+pub(crate) struct WireError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl WireError {
+    pub(crate) fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
+        WireError {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for WireError {
+    fn into_response(self) -> Response {
+        let body = json!({"__type": self.kind, "message": self.message}).to_string();
+        with_request_id((self.status, [("content-type", JSON_CONTENT_TYPE)], body).into_response())
+    }
+}
+
+pub(crate) fn with_request_id(mut response: Response) -> Response {
+    let id = model::arn::new_uuid();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-amzn-requestid", value);
+    }
+    response
+}
+
+/// Verifies the request's signature against the server's keys.
+pub(crate) fn authenticate(
+    state: &ApiState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    payload: Payload<'_>,
+) -> Result<String, WireError> {
+    let parts = RequestParts {
+        method: method.as_str(),
+        path: uri.path(),
+        query: uri.query().unwrap_or(""),
+        headers,
+    };
+    let params = VerifyParams {
+        service: sigv4::ECS_SERVICE,
+        region: Some(&state.region),
+        now: chrono::Utc::now(),
+    };
+    sigv4::verify(&parts, payload, &params, |id| state.keys.get(id))
+        .map(|verified| verified.access_key_id)
+        .map_err(|e| {
+            let (kind, message) = e.aws_error();
+            tracing::info!(error = %e, "request refused: bad signature");
+            WireError::new(e.http_status(), kind, message)
+        })
+}
+
+async fn ecs(
+    State(shared): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let operation = target.strip_prefix(TARGET_PREFIX).unwrap_or("");
+    let response = match serve_ecs(&shared.state, &method, &uri, &headers, &body, operation).await {
+        Ok(value) => {
+            shared.metrics.record(operation, "ok", started.elapsed());
+            with_request_id(
+                (
+                    StatusCode::OK,
+                    [("content-type", JSON_CONTENT_TYPE)],
+                    value.to_string(),
+                )
+                    .into_response(),
+            )
+        }
+        Err(error) => {
+            let label = if operation.is_empty() {
+                "unknown"
+            } else {
+                operation
+            };
+            shared.metrics.record(label, error.kind, started.elapsed());
+            error.into_response()
+        }
+    };
+    response
+}
+
+async fn serve_ecs(
+    state: &ApiState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    operation: &str,
+) -> Result<serde_json::Value, WireError> {
+    let access_key = authenticate(state, method, uri, headers, Payload::Bytes(body))?;
+    if operation.is_empty() {
+        return Err(WireError::new(
+            400,
+            "UnknownOperationException",
+            format!("X-Amz-Target must be {TARGET_PREFIX}<Operation>"),
+        ));
+    }
+    let request = Request::parse(operation, body)
+        .map_err(|e| WireError::new(400, e.type_name(), e.to_string()))?;
+    let span = tracing::debug_span!("ecs", operation, access_key = %access_key);
+    let _entered = span.enter();
+    state.control.handle(request).await.map_err(|e| {
+        if e.http_status() >= 500 {
+            tracing::error!(operation, error = %e, "operation failed");
+        } else {
+            tracing::debug!(operation, error = %e, "operation refused");
+        }
+        WireError::new(e.http_status(), e.type_name(), e.to_string())
+    })
+}
+
+async fn metrics(State(shared): State<AppState>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        shared.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,178 @@
+//! `skiff server`: the control plane, a local agent and the API, wired together in one
+//! process with SQLite state in the state directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use api::credentials::{self, Credentials};
+use clap::Args;
+use ipnet::Ipv4Net;
+use model::arn::Scope;
+use tokio::sync::mpsc;
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Address of the ECS API.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "SKIFF_LISTEN")]
+    listen: SocketAddr,
+    /// State directory [default: /var/lib/skiff as root, the XDG data dir otherwise].
+    #[arg(long, env = "SKIFF_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Subnet task addresses come from; the first address is the bridge's.
+    #[arg(long, default_value = "10.213.0.0/16")]
+    subnet: Ipv4Net,
+    /// Name of the host bridge tasks attach to.
+    #[arg(long, default_value = "skiff0")]
+    bridge: String,
+    /// Region in ARNs and signatures.
+    #[arg(long, default_value = "us-east-1", env = "AWS_REGION")]
+    region: String,
+    /// Account id in ARNs.
+    #[arg(long, default_value = "000000000000")]
+    account: String,
+    /// The OCI runtime binary.
+    #[arg(long, default_value = "/usr/sbin/runc")]
+    runtime: PathBuf,
+    /// How long stopped tasks stay describable, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    stopped_task_retention: u64,
+}
+
+/// The default state directory: /var/lib/skiff for root, the XDG data dir otherwise.
+pub fn default_state_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/skiff");
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    data.join("skiff")
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+    let admin = admin_credentials(&state_dir)?;
+
+    let store = store::SqliteStore::open(&state_dir.join("state.db"))?;
+    let scope = Scope {
+        region: args.region.clone(),
+        account: args.account.clone(),
+    };
+    let control = control::Control::new(
+        Arc::new(store),
+        control::ControlConfig {
+            scope,
+            subnet: args.subnet,
+            default_subnet_id: "subnet-skiff-default".into(),
+            stopped_task_retention: Duration::from_secs(args.stopped_task_retention),
+        },
+    )
+    .await?;
+
+    let (to_agent, from_control) = mpsc::unbounded_channel();
+    let (to_control, from_agent) = mpsc::unbounded_channel();
+    control.attach_agent(to_agent, from_agent);
+    let mut driver = sandbox::DriverConfig::new(state_dir.join("sandboxes"))?;
+    driver.runtime = args.runtime.clone();
+    let agent = agent::Agent::start(
+        agent::AgentConfig {
+            agent_id: "local".into(),
+            state_dir: state_dir.join("agent"),
+            bridge: net::BridgeConfig {
+                name: args.bridge.clone(),
+                subnet: args.subnet,
+            },
+            driver,
+        },
+        to_control,
+    )
+    .await
+    .context("cannot start the local agent")?;
+    tokio::spawn(agent.clone().serve(from_control));
+    ensure_default_cluster(&control).await?;
+
+    let keys = api::server::Keys::single(admin.clone());
+    let app = api::server::router(api::server::ApiState {
+        control,
+        agent,
+        keys,
+        region: args.region.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}: is another server using it? pick another with --listen",
+                args.listen
+            )
+        })?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    println!("Skiff is listening on {endpoint}");
+    println!("Use it with the AWS CLI:");
+    println!(
+        "  export AWS_SHARED_CREDENTIALS_FILE={} AWS_PROFILE=skiff AWS_REGION={}",
+        state_dir.join(credentials::FALLBACK_FILE_NAME).display(),
+        args.region
+    );
+    println!("  aws --endpoint-url {endpoint} ecs list-clusters");
+    tracing::info!(endpoint = %endpoint, state_dir = %state_dir.display(), "skiff server started");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the API server failed")?;
+    tracing::info!("skiff server stopped; running tasks keep running under their supervisors");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads the admin key, creating it (and the credentials file) on first start.
+fn admin_credentials(state_dir: &Path) -> anyhow::Result<Credentials> {
+    let path = state_dir.join(credentials::FALLBACK_FILE_NAME);
+    if let Some(existing) = credentials::read_profile(&path, credentials::FALLBACK_PROFILE)? {
+        return Ok(existing);
+    }
+    let fresh = Credentials::generate();
+    credentials::write_credentials_file(&path, credentials::FALLBACK_PROFILE, &fresh)?;
+    println!(
+        "Created the admin access key {} in {}",
+        fresh.access_key_id,
+        path.display()
+    );
+    Ok(fresh)
+}
+
+async fn ensure_default_cluster(control: &control::Control) -> anyhow::Result<()> {
+    let request = model::ops::Request::CreateCluster(model::ops::CreateClusterRequest {
+        cluster_name: Some("default".into()),
+        ..Default::default()
+    });
+    control
+        .handle(request)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the default cluster: {e}"))?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
