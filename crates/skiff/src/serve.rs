@@ -57,7 +57,8 @@ pub fn default_state_dir() -> PathBuf {
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,netlink_packet_route=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -123,9 +124,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     println!("Skiff is listening on {endpoint}");
     println!("Use it with the AWS CLI:");
     println!(
-        "  export AWS_SHARED_CREDENTIALS_FILE={} AWS_PROFILE=skiff AWS_REGION={}",
+        "  export AWS_SHARED_CREDENTIALS_FILE={} AWS_PROFILE=skiff AWS_REGION={region} AWS_DEFAULT_REGION={region}",
         state_dir.join(credentials::FALLBACK_FILE_NAME).display(),
-        args.region
+        region = args.region
     );
     println!("  aws --endpoint-url {endpoint} ecs list-clusters");
     tracing::info!(endpoint = %endpoint, state_dir = %state_dir.display(), "skiff server started");
