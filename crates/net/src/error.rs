@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
+use nix::errno::Errno;
 
 /// Why a host or task networking operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,9 +72,8 @@ pub enum NetError {
     #[error("cannot enable IPv4 forwarding through {path:?}: run the agent as root with /proc/sys writable")]
     Forwarding { path: PathBuf, source: io::Error },
 
-    #[error("cannot install the nftables table `ip {table}` (nft's own message is on the agent's stderr): check that `nft` is on PATH and the kernel has nf_tables with NAT support")]
+    #[error("cannot install the nftables table `ip skiff` (nft's own message is on the agent's stderr): check that `nft` is on PATH and the kernel has nf_tables with NAT support")]
     Firewall {
-        table: &'static str,
         source: nftables::helper::NftablesError,
     },
 }
@@ -89,10 +89,12 @@ impl NetError {
     }
 }
 
-/// The positive errno carried by a netlink error reply, if the error is one.
-pub(crate) fn netlink_errno(error: &rtnetlink::Error) -> Option<i32> {
+/// The errno carried by a netlink error reply, if the error is one.
+pub(crate) fn netlink_errno(error: &rtnetlink::Error) -> Option<Errno> {
     match error {
-        rtnetlink::Error::NetlinkError(message) => message.code.map(|code| -code.get()),
+        rtnetlink::Error::NetlinkError(message) => {
+            message.code.map(|code| Errno::from_raw(-code.get()))
+        }
         _ => None,
     }
 }

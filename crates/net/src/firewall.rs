@@ -65,10 +65,7 @@ pub(crate) fn enable_ip_forwarding() -> Result<(), NetError> {
 pub(crate) async fn install(bridge: &str, subnet: Ipv4Net) -> Result<(), NetError> {
     nftables::helper::apply_ruleset_async(&ruleset(bridge, subnet))
         .await
-        .map_err(|source| NetError::Firewall {
-            table: TABLE,
-            source,
-        })
+        .map_err(|source| NetError::Firewall { source })
 }
 
 /// The transaction that replaces the table; see the module header for its content.

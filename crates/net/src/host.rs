@@ -32,11 +32,12 @@ use std::time::Instant;
 
 use ipnet::Ipv4Net;
 use netlink_packet_route::link::InfoKind;
+use nix::errno::Errno;
 use rtnetlink::Handle;
 use tokio::task::JoinHandle;
 
 use crate::error::netlink_errno;
-use crate::link::{self, TaskAddressing, VethPair, EEXIST};
+use crate::link::{self, TaskAddressing, VethPair};
 use crate::names::{
     self, format_mac, host_interface, host_mac, netns_name, task_mac, validate_task_id,
 };
@@ -194,7 +195,22 @@ impl HostNetwork {
         };
         let built = async {
             self.create_veth(task_id, &pair).await?;
-            link::configure_task_side(&task_handle, &netns_path, &addressing).await
+            link::configure_task_side(&task_handle, &netns_path, &addressing).await?;
+            // The host end came up before eth0, and the bridge may just have gained its
+            // first port: see `wait_until_operational`.
+            let (host_end, bridge) = futures::try_join!(
+                link::wait_until_operational(&self.handle, &host_name),
+                link::wait_until_operational(&self.handle, &self.bridge),
+            )?;
+            if !(host_end && bridge) {
+                tracing::warn!(
+                    task_id,
+                    host_interface = %host_name,
+                    bridge = %self.bridge,
+                    "interfaces not operational after a second: the task's first packets may be dropped"
+                );
+            }
+            Ok(())
         }
         .await;
         drop(netns_fd);
@@ -311,7 +327,7 @@ impl HostNetwork {
         };
         match link::create_veth(&self.handle, pair).await {
             Ok(()) => return Ok(()),
-            Err(error) if netlink_errno(&error) == Some(EEXIST) => {}
+            Err(error) if netlink_errno(&error) == Some(Errno::EEXIST) => {}
             Err(error) => return Err(fail()(error)),
         }
         match link::find(&self.handle, pair.host_name).await? {

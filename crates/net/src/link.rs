@@ -9,13 +9,15 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlag, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlag, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::AddressFamily;
+use nix::errno::Errno;
 use rtnetlink::Handle;
 
 use crate::error::netlink_errno;
@@ -25,10 +27,6 @@ use crate::NetError;
 const LOOPBACK_INDEX: u32 = 1;
 /// Name of the task's interface inside its namespace.
 pub(crate) const TASK_INTERFACE: &str = "eth0";
-/// errno for "no such device": the link is already gone.
-const ENODEV: i32 = 19;
-/// errno for "already exists".
-pub(crate) const EEXIST: i32 = 17;
 
 /// What the crate needs to know about an existing link.
 #[derive(Debug)]
@@ -36,6 +34,8 @@ pub(crate) struct Link {
     pub index: u32,
     pub kind: Option<InfoKind>,
     pub mac: Option<Vec<u8>>,
+    /// Operational state `Up`: carrier on, and the kernel has processed it.
+    pub operational: bool,
 }
 
 impl Link {
@@ -44,10 +44,12 @@ impl Link {
             index: message.header.index,
             kind: None,
             mac: None,
+            operational: false,
         };
         for attribute in message.attributes {
             match attribute {
                 LinkAttribute::Address(mac) => link.mac = Some(mac),
+                LinkAttribute::OperState(state) => link.operational = state == State::Up,
                 LinkAttribute::LinkInfo(infos) => {
                     link.kind = infos.into_iter().find_map(|info| match info {
                         LinkInfo::Kind(kind) => Some(kind),
@@ -66,7 +68,7 @@ pub(crate) async fn find(handle: &Handle, name: &str) -> Result<Option<Link>, Ne
     let mut links = handle.link().get().match_name(name.to_owned()).execute();
     match links.try_next().await {
         Ok(message) => Ok(message.map(Link::from_message)),
-        Err(error) if netlink_errno(&error) == Some(ENODEV) => Ok(None),
+        Err(error) if netlink_errno(&error) == Some(Errno::ENODEV) => Ok(None),
         Err(error) => Err(NetError::netlink(format!("looking up link {name:?}"))(
             error,
         )),
@@ -140,7 +142,7 @@ pub(crate) async fn ensure_only_ipv4_address(
             interface = name,
             address = %stale,
             prefix_len = message.header.prefix_len,
-            "removing a stale address from the bridge"
+            "removing a stale IPv4 address"
         );
         handle
             .address()
@@ -222,8 +224,33 @@ pub(crate) async fn create_veth(
 pub(crate) async fn delete(handle: &Handle, index: u32, name: &str) -> Result<(), NetError> {
     match handle.link().del(index).execute().await {
         Ok(()) => Ok(()),
-        Err(error) if netlink_errno(&error) == Some(ENODEV) => Ok(()),
+        Err(error) if netlink_errno(&error) == Some(Errno::ENODEV) => Ok(()),
         Err(error) => Err(NetError::netlink(format!("deleting link {name:?}"))(error)),
+    }
+}
+
+/// How long `wait_until_operational` waits before giving up.
+const OPERATIONAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause between two looks at the link.
+const OPERATIONAL_POLL: Duration = Duration::from_millis(1);
+
+/// Waits until link `name` is operationally up; returns false if it is not after a
+/// second.
+///
+/// A veth end brought up before its peer, or a bridge that had lost its carrier with its
+/// last port, only gets its transmit queue back when the kernel's linkwatch worker
+/// processes the carrier change, asynchronously. Until then it drops packets: an ARP
+/// request lost this way costs the task's first connection a one second retransmit.
+/// Linkwatch publishes the operational state just before it activates the device, so this
+/// state marks the end of that window, usually within a millisecond.
+pub(crate) async fn wait_until_operational(handle: &Handle, name: &str) -> Result<bool, NetError> {
+    let deadline = Instant::now() + OPERATIONAL_TIMEOUT;
+    loop {
+        match find(handle, name).await? {
+            Some(link) if link.operational => return Ok(true),
+            _ if Instant::now() >= deadline => return Ok(false),
+            _ => tokio::time::sleep(OPERATIONAL_POLL).await,
+        }
     }
 }
 

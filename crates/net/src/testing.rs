@@ -23,6 +23,8 @@ use nix::sched::{setns, unshare, CloneFlags};
 
 use crate::netns;
 
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Runs `scenario` on a current-thread runtime, on a thread in private network and mount
 /// namespaces; a panic in the scenario fails the calling test.
 pub(crate) fn isolated<F, Fut>(scenario: F)
@@ -168,20 +170,11 @@ pub(crate) async fn default_gateways(handle: &rtnetlink::Handle) -> Vec<Ipv4Addr
         .collect()
 }
 
-/// Connects to `target` from a socket created in the namespace `from` (or here).
+/// Connects to `target` from a socket created in the namespace `from` (or here). The
+/// timeout outlasts one SYN retransmission, so a loaded machine does not fail the test;
+/// the latency example measures how fast it really is.
 pub(crate) fn connect(from: Option<&Path>, target: SocketAddr) -> std::io::Result<TcpStream> {
-    let dial = move || {
-        let t = std::time::Instant::now();
-        let r = TcpStream::connect_timeout(&target, Duration::from_millis(5000));
-        if t.elapsed() > Duration::from_millis(50) {
-            eprintln!(
-                "SLOW connect {target}: {:?} {:?}",
-                t.elapsed(),
-                r.as_ref().err()
-            );
-        }
-        r
-    };
+    let dial = move || TcpStream::connect_timeout(&target, CONNECT_TIMEOUT);
     match from {
         Some(path) => in_netns(path, dial),
         None => dial(),
@@ -203,7 +196,9 @@ pub(crate) async fn link_message(
     let mut links = handle.link().get().match_name(name.to_owned()).execute();
     match links.try_next().await {
         Ok(message) => message,
-        Err(error) if crate::error::netlink_errno(&error) == Some(19) => None,
+        Err(error) if crate::error::netlink_errno(&error) == Some(nix::errno::Errno::ENODEV) => {
+            None
+        }
         Err(error) => panic!("looking up {name}: {error}"),
     }
 }
