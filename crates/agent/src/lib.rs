@@ -8,10 +8,13 @@
 //! re-adopts every task whose supervisor still exists, before it says `Hello`, so the
 //! control plane's `Sync` finds it already tracking them.
 
+mod images;
 mod prepare;
 mod runner;
 
 use std::collections::HashMap;
+
+pub use images::ImageSettings;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -30,6 +33,7 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub bridge: BridgeConfig,
     pub driver: DriverConfig,
+    pub images: ImageSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,10 @@ pub struct Agent {
 struct Inner {
     config: AgentConfig,
     images: ImageStore,
+    registry: image::Registry,
+    logins: Arc<images::Logins>,
+    /// Image digests of the tasks this agent runs, kept by prune and eviction.
+    task_images: Mutex<HashMap<String, Vec<String>>>,
     network: HostNetwork,
     driver: ContainerDriver,
     reports: mpsc::UnboundedSender<FromAgent>,
@@ -79,12 +87,17 @@ impl Agent {
             source,
         })?;
         let images = ImageStore::open(&config.state_dir.join("images"))?;
+        let logins = images::Logins::open(config.state_dir.join("registries.json"))?;
+        let registry = images::registry(&config.images, logins.clone())?;
         let network = HostNetwork::init(config.bridge.clone()).await?;
         let driver = ContainerDriver::new(config.driver.clone())?;
         let agent = Agent {
             inner: Arc::new(Inner {
                 config,
                 images,
+                registry,
+                logins,
+                task_images: Mutex::new(HashMap::new()),
                 network,
                 driver,
                 reports,
@@ -259,6 +272,7 @@ impl Agent {
             match self.inner.driver.attach(&task_id).await {
                 Ok(client) => {
                     tracing::info!(task_id = %task_id, "re-adopted a running task");
+                    self.restore_pins(&task_id);
                     self.spawn_runner(plan, Some(client));
                 }
                 Err(e) => tracing::warn!(task_id = %task_id, error = %e, "cannot re-adopt a task"),

@@ -53,13 +53,19 @@ pub(crate) fn rootfs_dirs(task_dir: &Path, container: &str) -> RootfsDirs {
     }
 }
 
-/// Mounts the container's root filesystem from its image's layers.
+/// Mounts the container's root filesystem from its image's layers. A launch redone
+/// after a restart first drops the mount the interrupted one may have left.
+///
+/// The mount is always writable, even for `readonlyRootFilesystem`: the runtime must
+/// still create the mount points of `/etc/hosts`, `/etc/resolv.conf` and the like in
+/// it, and makes the root read-only itself afterwards (the OCI `root.readonly`), as
+/// Docker does.
 pub(crate) fn mount_rootfs(
     images: &ImageStore,
     image: &Image,
     dirs: &RootfsDirs,
-    readonly: bool,
 ) -> Result<(), String> {
+    image::rootfs::unmount_rootfs(&dirs.target).map_err(|e| error_chain(&e))?;
     for dir in [&dirs.upper, &dirs.work, &dirs.target] {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -69,7 +75,7 @@ pub(crate) fn mount_rootfs(
         &dirs.upper,
         &dirs.work,
         &dirs.target,
-        readonly,
+        false,
     )
     .map_err(|e| error_chain(&e))
 }

@@ -15,7 +15,10 @@
 //! clean-up runs on every path. A stop request that arrives before ACTIVATING skips
 //! straight to clean-up.
 
+use std::collections::HashMap;
+
 use futures::StreamExt;
+use image::Image;
 use model::agent::{ContainerReport, TaskPlan, TaskReport};
 use model::task::{StopCode, TaskStatus};
 use sandbox::SupervisorClient;
@@ -96,24 +99,41 @@ async fn start(
 
     report.pull_started_at = Some(model::now());
     set_status(agent, report, TaskStatus::Pending);
+    // Each distinct reference is resolved once: every container naming it runs the
+    // same digest (ECS's versionConsistency).
+    let mut by_reference: HashMap<String, Image> = HashMap::new();
+    for c in &plan.containers {
+        if by_reference.contains_key(&c.image) {
+            continue;
+        }
+        let image = agent.image_for(&c.image).await.map_err(|e| {
+            format!(
+                "CannotPullContainerError: pull image {} for container {}: {}",
+                c.image,
+                c.name,
+                prepare::error_chain(&e)
+            )
+        })?;
+        by_reference.insert(c.image.clone(), image);
+    }
+    agent.pin_images(
+        &plan.task_id,
+        by_reference.values().map(|i| i.digest.clone()).collect(),
+    );
     let images = agent.images().clone();
     let plan_for_images = plan.clone();
     let state_for_images = state_dir.clone();
     let resolved = tokio::task::spawn_blocking(move || {
         let mut containers = Vec::new();
         for c in &plan_for_images.containers {
-            let image = images.resolve(&c.image).map_err(|e| {
+            let image = by_reference[&c.image].clone();
+            let dirs = prepare::rootfs_dirs(&state_for_images, &c.name);
+            prepare::mount_rootfs(&images, &image, &dirs).map_err(|e| {
                 format!(
-                    "CannotPullContainerError: pull image {} for container {}: {}",
-                    c.image,
-                    c.name,
-                    prepare::error_chain(&e)
+                    "ResourceInitializationError: cannot mount the root filesystem of container {}: {e}",
+                    c.name
                 )
             })?;
-            let dirs = prepare::rootfs_dirs(&state_for_images, &c.name);
-            prepare::mount_rootfs(&images, &image, &dirs, c.readonly_root_filesystem).map_err(
-                |e| format!("ResourceInitializationError: cannot mount the root filesystem of container {}: {e}", c.name),
-            )?;
             containers.push((c.clone(), image, dirs.target));
         }
         Ok::<_, String>(containers)
@@ -307,6 +327,7 @@ async fn finish(agent: &Agent, plan: &TaskPlan, mut report: TaskReport) {
         }
         Err(e) => tracing::error!(task_id = %task_id, error = %e, "storage release panicked"),
     }
+    agent.unpin_images(task_id);
     if let Err(e) = agent.inner.network.detach(task_id).await {
         tracing::error!(task_id = %task_id, error = %prepare::error_chain(&e), "cannot detach the task network");
     }

@@ -306,7 +306,7 @@ pub enum ClientError {
         request_id: Option<String>,
     },
 
-    #[error("the Skiff server is not reachable at {endpoint}: start it with `skiff server`, or point --endpoint-url at a running server")]
+    #[error("the Skiff server is not reachable at {endpoint}: start it with `skiff server`, or point `--endpoint` (or SKIFF_ENDPOINT) at a running server")]
     Unreachable {
         endpoint: String,
         #[source]

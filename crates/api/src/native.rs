@@ -4,11 +4,12 @@
 use std::io::Write;
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use image::PullProgress;
 use serde_json::json;
 use supervisor::logs::{LogEntry, LogFollower, LogStream};
 
@@ -32,6 +33,164 @@ fn images_json(images: &[image::Image]) -> serde_json::Value {
 
 fn image_error(e: &image::ImageError) -> WireError {
     WireError::new(400, "ClientException", error_chain(e))
+}
+
+/// Authenticates a native JSON call and parses its body.
+fn json_call<T: serde::de::DeserializeOwned>(
+    shared: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, WireError> {
+    authenticate(&shared.state, method, uri, headers, Payload::Bytes(body))?;
+    serde_json::from_slice(body).map_err(|e| {
+        WireError::new(
+            400,
+            "SerializationException",
+            format!("the request body is not valid: {e}"),
+        )
+    })
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct ImageReference {
+    reference: String,
+}
+
+/// Pulls an image, streaming one JSON line per progress event, then a last line with
+/// either `image` or `error`.
+pub(crate) async fn pull_image(
+    State(shared): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request: ImageReference = match json_call(&shared, &method, &uri, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(256);
+    let agent = shared.state.agent.clone();
+    tokio::spawn(async move {
+        let progress_tx = tx.clone();
+        let result = agent
+            .pull_image(&request.reference, move |p: PullProgress| {
+                let line = json!({"progress": {
+                    "layer": p.layer.to_string(), "index": p.index, "layers": p.layers,
+                    "done": p.done, "total": p.total, "state": format!("{:?}", p.state),
+                }});
+                // A slow reader only loses progress lines, never the pull.
+                let _ = progress_tx.try_send(Ok(format!("{line}\n")));
+            })
+            .await;
+        let last = match result {
+            Ok(image) => json!({"image": images_json(std::slice::from_ref(&image))["images"][0]}),
+            Err(e) => {
+                json!({"error": {"__type": "CannotPullContainerError", "message": error_chain(&e)}})
+            }
+        };
+        let _ = tx.send(Ok(format!("{last}\n"))).await;
+    });
+    with_request_id(
+        (
+            [("content-type", "application/x-ndjson")],
+            Body::from_stream(receiver_stream(rx)),
+        )
+            .into_response(),
+    )
+}
+
+pub(crate) async fn remove_image(
+    State(shared): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request: ImageReference = match json_call(&shared, &method, &uri, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let images = shared.state.agent.images().clone();
+    match tokio::task::spawn_blocking(move || images.remove(&request.reference)).await {
+        Ok(Ok(outcome)) => with_request_id(
+            axum::Json(json!({"untagged": outcome.untagged, "deleted": outcome.deleted}))
+                .into_response(),
+        ),
+        Ok(Err(e)) => image_error(&e).into_response(),
+        Err(e) => WireError::new(500, "ServerException", e.to_string()).into_response(),
+    }
+}
+
+pub(crate) async fn prune_images(
+    State(shared): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(e) = authenticate(
+        &shared.state,
+        &method,
+        &uri,
+        &headers,
+        Payload::Bytes(&body),
+    ) {
+        return e.into_response();
+    }
+    match shared.state.agent.prune_images().await {
+        Ok(report) => with_request_id(
+            axum::Json(json!({
+                "imagesRemoved": report.images_removed,
+                "blobsRemoved": report.blobs_removed,
+                "layersRemoved": report.layers_removed,
+                "bytesFreed": report.bytes_freed,
+            }))
+            .into_response(),
+        ),
+        Err(e) => image_error(&e).into_response(),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct Login {
+    host: String,
+    username: String,
+    password: String,
+}
+
+pub(crate) async fn registry_login(
+    State(shared): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let login: Login = match json_call(&shared, &method, &uri, &headers, &body) {
+        Ok(l) => l,
+        Err(e) => return e.into_response(),
+    };
+    if login.host.is_empty() || login.username.is_empty() {
+        return WireError::new(
+            400,
+            "InvalidParameterException",
+            "host and username must not be empty",
+        )
+        .into_response();
+    }
+    match shared
+        .state
+        .agent
+        .registry_login(&login.host, &login.username, &login.password)
+    {
+        Ok(()) => {
+            tracing::info!(registry = %login.host, username = %login.username, "registry login stored");
+            with_request_id(axum::Json(json!({})).into_response())
+        }
+        Err(e) => WireError::new(500, "ServerException", error_chain(&e)).into_response(),
+    }
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -6,6 +6,10 @@
 //! POST /                               ECS: X-Amz-Target AmazonEC2ContainerServiceV20141113.<Op>
 //! POST /skiff/v1/images/load           import a docker-save / OCI layout tarball (streamed)
 //! GET  /skiff/v1/images                list images
+//! POST /skiff/v1/images/pull           pull {reference}: progress as JSON lines
+//! POST /skiff/v1/images/remove         untag {reference}
+//! POST /skiff/v1/images/prune          remove what nothing uses
+//! POST /skiff/v1/registries/login      store {host, username, password} for pulls
 //! GET  /skiff/v1/tasks/<id>/logs       container logs as JSON lines (?container=&follow=)
 //! GET  /metrics                        Prometheus text format (unauthenticated, loopback)
 //! ```
@@ -77,6 +81,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/", post(ecs))
         .route("/skiff/v1/images", get(crate::native::list_images))
         .route("/skiff/v1/images/load", post(crate::native::load_image))
+        .route("/skiff/v1/images/pull", post(crate::native::pull_image))
+        .route("/skiff/v1/images/remove", post(crate::native::remove_image))
+        .route("/skiff/v1/images/prune", post(crate::native::prune_images))
+        .route(
+            "/skiff/v1/registries/login",
+            post(crate::native::registry_login),
+        )
         .route(
             "/skiff/v1/tasks/{task_id}/logs",
             get(crate::native::task_logs),

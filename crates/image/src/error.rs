@@ -202,6 +202,130 @@ pub enum ImageError {
         source: nix::errno::Errno,
     },
 
+    /// The filesystem holding the store ran out of space (or quota) while writing.
+    #[error(
+        "the filesystem holding {path} is full: free space with `skiff image rm` and \
+         `skiff image prune`, or give the agent's state directory a larger disk"
+    )]
+    DiskFull {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The registry has no such repository, tag or digest.
+    #[error(
+        "image {reference} was not found in its registry (the registry says: {message}): \
+         check the repository name and the tag or digest"
+    )]
+    RegistryNotFound { reference: String, message: String },
+
+    /// The registry lacks a blob that the image's manifest lists.
+    #[error(
+        "registry {registry} does not have blob {digest} of image {reference} (the registry \
+         says: {message}): the image in the registry is incomplete; push it again"
+    )]
+    RegistryBlobMissing {
+        registry: String,
+        reference: String,
+        digest: Digest,
+        message: String,
+    },
+
+    /// The registry refused the credentials (or their absence).
+    #[error(
+        "registry {registry} refused access to {reference} (the registry says: {message}): run \
+         `skiff registry login {registry}` with an account allowed to pull it"
+    )]
+    RegistryUnauthorized {
+        registry: String,
+        reference: String,
+        message: String,
+    },
+
+    /// The registry could not be reached: connection refused, DNS failure, timeout.
+    #[error(
+        "cannot reach registry {registry} after {attempts} attempts: check the registry \
+         address and that it is running and reachable from this host"
+    )]
+    RegistryUnreachable {
+        registry: String,
+        attempts: u32,
+        #[source]
+        source: BoxedError,
+    },
+
+    /// The TLS handshake failed: an untrusted certificate, or a plain-HTTP registry.
+    #[error(
+        "TLS connection to registry {registry} failed: if it serves plain HTTP, start the \
+         server with `--insecure-registry {registry}`; if its certificate comes from a \
+         private CA, add `--registry-ca FILE`"
+    )]
+    RegistryTls {
+        registry: String,
+        #[source]
+        source: BoxedError,
+    },
+
+    /// The registry kept failing with a server error or rate limit.
+    #[error(
+        "registry {registry} failed with HTTP {status} after {attempts} attempts (the \
+         registry says: {message}): try again later"
+    )]
+    RegistryServer {
+        registry: String,
+        status: u16,
+        attempts: u32,
+        message: String,
+    },
+
+    /// The registry refused the request for another reason than access or absence.
+    #[error(
+        "registry {registry} refused the request for {reference} (the registry says: {message})"
+    )]
+    RegistryRejected {
+        registry: String,
+        reference: String,
+        message: String,
+    },
+
+    /// The registry's answer is not what the distribution protocol specifies.
+    #[error(
+        "registry {registry} sent an invalid answer for {reference}: it does not follow the \
+         OCI distribution protocol"
+    )]
+    RegistryProtocol {
+        registry: String,
+        reference: String,
+        #[source]
+        source: BoxedError,
+    },
+
+    /// `--registry-ca` names a file that is not a readable PEM CA bundle.
+    #[error(
+        "cannot use {path} as a registry CA: it must be a readable PEM file of CA certificates"
+    )]
+    RegistryCa {
+        path: PathBuf,
+        #[source]
+        source: BoxedError,
+    },
+
+    /// The HTTP client for registries could not be created.
+    #[error("cannot set up the registry HTTP client (the system trust store may be unreadable)")]
+    RegistryClient(#[source] BoxedError),
+
+    /// A layer's download stopped because another layer of the same pull failed
+    /// (only that other error is reported to the caller).
+    #[error("the download of blob {digest} stopped because another layer of the same pull failed")]
+    PullAborted { digest: Digest },
+
+    /// Image indexes nested deeper than any real image does.
+    #[error(
+        "image index {index} nests other indexes more than {limit} deep: refusing to follow it"
+    )]
+    IndexTooDeep { index: Digest, limit: usize },
+
     /// Unmounting failed even with a lazy detach.
     #[error("cannot unmount {target}")]
     Unmount {
@@ -211,12 +335,27 @@ pub enum ImageError {
     },
 }
 
+/// A source error of any type (reqwest's, rustls', io), kept for the error chain.
+pub type BoxedError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 impl ImageError {
+    /// A filesystem error, or [`ImageError::DiskFull`] when the disk or quota is full.
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        if is_disk_full(&source) {
+            return Self::DiskFull {
+                path: path.into(),
+                source,
+            };
+        }
         Self::Io {
             action,
             path: path.into(),
             source,
         }
     }
+}
+
+/// Whether an I/O error means "no space left" (`ENOSPC`) or "quota exceeded" (`EDQUOT`).
+pub(crate) fn is_disk_full(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }

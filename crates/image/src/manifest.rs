@@ -114,12 +114,81 @@ pub fn host_platform() -> (&'static str, &'static str) {
     ("linux", architecture)
 }
 
+/// An OS and CPU architecture in OCI terms (`GOOS`/`GOARCH` names).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Platform {
+    /// `linux`.
+    pub os: String,
+    /// `amd64`, `arm64`, ...
+    pub architecture: String,
+}
+
+impl Platform {
+    /// A platform from its OS and architecture names.
+    pub fn new(os: &str, architecture: &str) -> Self {
+        Self {
+            os: os.to_owned(),
+            architecture: architecture.to_owned(),
+        }
+    }
+
+    /// The platform this code runs on.
+    pub fn host() -> Self {
+        let (os, architecture) = host_platform();
+        Self::new(os, architecture)
+    }
+}
+
+/// `linux/amd64`, Fargate's default `runtimePlatform`.
+impl Default for Platform {
+    fn default() -> Self {
+        Self::new("linux", "amd64")
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)
+    }
+}
+
+/// Tells an image index from an image manifest by its `mediaType`, or, when a
+/// document omits it (allowed for OCI), by its shape: only an index has `manifests`.
+pub fn classify_document(digest: &Digest, bytes: &[u8]) -> Result<DocumentKind, ImageError> {
+    #[derive(Deserialize)]
+    struct Shape {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        manifests: Option<serde_json::Value>,
+    }
+    let shape: Shape =
+        serde_json::from_slice(bytes).map_err(|source| ImageError::InvalidDocument {
+            what: "manifest or index",
+            digest: digest.clone(),
+            source,
+        })?;
+    Ok(match shape.media_type {
+        Some(media_type) => document_kind(&MediaType::from(media_type.as_str())),
+        None if shape.manifests.is_some() => DocumentKind::Index,
+        None => DocumentKind::Manifest,
+    })
+}
+
 /// Picks the manifest for the host platform from an index.
 pub fn select_platform(
     index_digest: &Digest,
     index: &ImageIndex,
 ) -> Result<Descriptor, ImageError> {
-    let (os, architecture) = host_platform();
+    select_platform_for(index_digest, index, &Platform::host())
+}
+
+/// Picks the manifest for `wanted` from an index; the error lists what the index has.
+pub fn select_platform_for(
+    index_digest: &Digest,
+    index: &ImageIndex,
+    wanted: &Platform,
+) -> Result<Descriptor, ImageError> {
+    let (os, architecture) = (wanted.os.as_str(), wanted.architecture.as_str());
     let mut available = Vec::new();
     for descriptor in index.manifests() {
         if document_kind(descriptor.media_type()) != DocumentKind::Manifest {

@@ -8,20 +8,27 @@
 //! <root>/refs.json                     normalized name -> manifest digest
 //! ```
 //!
-//! Importing an image (from an archive now, from a registry later) is: blobs into the
-//! content store, then [`ImageStore::import_manifest`], which unpacks missing layers,
-//! writes the image record and points the names at it. Records and the name index are
-//! replaced atomically (temporary file, fsync, rename), so readers never see a partial
-//! file and need no lock; writers of the name index serialize on a mutex. Temporary
-//! files left by a crash are removed on open, which is safe because the lock file
-//! guarantees no other process is using the store.
+//! Importing an image (from an archive, or from a registry by [`ImageStore::pull`]) is:
+//! blobs into the content store, then [`ImageStore::import_manifest`], which unpacks
+//! missing layers, writes the image record and points the names at it. Records and the
+//! name index are replaced atomically (temporary file, fsync, rename), so readers never
+//! see a partial file and need no lock; writers of names and records serialize on a
+//! mutex. Temporary files left by a crash are removed on open, which is safe because
+//! the lock file guarantees no other process is using the store.
+//!
+//! - `store/pull.rs`: registry pulls (coalesced per blob, streamed, unpacked while
+//!   downloading), [`ImageStore::pull`] and [`ImageStore::resolve_digest`].
+//! - `store/gc.rs`: untagging, pruning, LRU eviction and disk usage; records carry the
+//!   time each image was last pulled or resolved.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -31,9 +38,13 @@ use crate::archive;
 use crate::content::{ContentStore, TEMP_PREFIX};
 use crate::digest::Digest;
 use crate::error::ImageError;
+use crate::inflight::InFlight;
 use crate::manifest::{self, ImageConfig};
-use crate::reference::Reference;
+use crate::reference::{normalize_reference, Reference};
 use crate::unpack::LayerStore;
+
+/// How precisely the last use of an image is recorded (for LRU eviction).
+const LAST_USED_RESOLUTION: Duration = Duration::from_secs(1);
 
 /// A loaded image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +81,12 @@ struct ImageRecord {
     created: Option<String>,
     architecture: String,
     os: String,
+    /// Image indexes this image was selected from by a pull, kept with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    indexes: Vec<Digest>,
+    /// When the image was last imported, pulled or resolved (ms since the epoch).
+    #[serde(default)]
+    last_used: Option<u64>,
 }
 
 impl ImageRecord {
@@ -92,6 +109,17 @@ impl ImageRecord {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct NameIndex {
     refs: BTreeMap<String, Digest>,
+    /// Names last pointed by an archive load rather than a pull: local images with no
+    /// registry behind them, which the agent uses as they are.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    loaded: BTreeSet<String>,
+}
+
+/// Where a name's image came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Archive,
+    Registry,
 }
 
 /// The local image store. Cheap to clone; clones share one open store.
@@ -107,8 +135,16 @@ struct Inner {
     layers: LayerStore,
     images_dir: PathBuf,
     refs_path: PathBuf,
-    /// Serializes read-modify-write of `refs.json`.
-    refs_lock: Mutex<()>,
+    /// Serializes read-modify-write of `refs.json` and of image records.
+    metadata_lock: Mutex<()>,
+    /// Blob downloads in progress, for coalescing.
+    downloads: InFlight<Digest>,
+    /// Blobs and layers that pulls in progress need, with a count per pull; garbage
+    /// collection decides and deletes while holding this lock.
+    pins: Mutex<HashMap<Digest, usize>>,
+    /// Held shared by archive loads and exclusively by garbage collection: an archive's
+    /// blobs are unreferenced until the load records its images.
+    loads: RwLock<()>,
     _lock: Flock<File>,
 }
 
@@ -153,7 +189,10 @@ impl ImageStore {
                 layers,
                 images_dir,
                 refs_path: root.join("refs.json"),
-                refs_lock: Mutex::new(()),
+                metadata_lock: Mutex::new(()),
+                downloads: InFlight::default(),
+                pins: Mutex::new(HashMap::new()),
+                loads: RwLock::new(()),
                 _lock: lock,
             }),
         })
@@ -179,10 +218,15 @@ impl ImageStore {
     /// memory. Images are imported in archive order; on error, those before the
     /// failing one stay loaded.
     pub fn load_archive(&self, reader: impl Read) -> Result<Vec<Image>, ImageError> {
+        let _loading = self
+            .inner
+            .loads
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let found = archive::read_archive(&self.inner.content, reader)?;
         found
             .iter()
-            .map(|image| self.import_manifest(&image.manifest, &image.names))
+            .map(|image| self.import(&image.manifest, &image.names, Vec::new(), Origin::Archive))
             .collect()
     }
 
@@ -193,6 +237,18 @@ impl ImageStore {
         &self,
         manifest_digest: &Digest,
         names: &[String],
+    ) -> Result<Image, ImageError> {
+        self.import(manifest_digest, names, Vec::new(), Origin::Registry)
+    }
+
+    /// [`ImageStore::import_manifest`], remembering the indexes the manifest was
+    /// selected from.
+    pub(crate) fn import(
+        &self,
+        manifest_digest: &Digest,
+        names: &[String],
+        indexes: Vec<Digest>,
+        origin: Origin,
     ) -> Result<Image, ImageError> {
         let content = &self.inner.content;
         let manifest_bytes = content.read_document(manifest_digest, "manifest")?;
@@ -251,9 +307,14 @@ impl ImageStore {
             created: config.created().clone(),
             architecture,
             os,
+            indexes,
+            last_used: Some(now_millis()),
         };
-        self.write_record(&record)?;
-        let names = self.point_names(names, manifest_digest)?;
+        let names = {
+            let _guard = self.lock_metadata();
+            self.write_record(&record)?;
+            self.point_names(names, manifest_digest, origin)?
+        };
         tracing::info!(image = %manifest_digest, ?names, layers = layers.len(), "image imported");
         Ok(record.into_image(names))
     }
@@ -261,28 +322,71 @@ impl ImageStore {
     /// Finds an image by `sha256:<hex>`, `name@sha256:<hex>` or a name in any of its
     /// short forms (`busybox`, `busybox:latest`, `docker.io/library/busybox:latest`).
     /// A digest identifies the image on its own: the name before `@` is validated but
-    /// not required to be one of the image's names.
+    /// not required to be one of the image's names; a pulled `name@<index digest>` is
+    /// found through its name. Records the time of use for LRU eviction.
     pub fn resolve(&self, reference: &str) -> Result<Image, ImageError> {
         let reference = reference.trim();
+        let digest = self.find(reference)?;
         let not_found = || ImageError::NotFound {
             reference: reference.to_owned(),
         };
-        let digest = if reference.starts_with("sha256:") {
-            Digest::parse(reference)?
-        } else {
-            let parsed = Reference::parse(reference)?;
-            match parsed.digest() {
-                Some(digest) => digest.clone(),
-                None => self
-                    .read_names()?
-                    .refs
-                    .remove(&parsed.to_string())
-                    .ok_or_else(not_found)?,
-            }
-        };
-        let record = self.read_record(&digest)?.ok_or_else(not_found)?;
+        let record = self.touch(&digest)?.ok_or_else(not_found)?;
         let names = self.names_of(&self.read_names()?, &digest);
         Ok(record.into_image(names))
+    }
+
+    /// The manifest digest a reference designates (the image may not be stored).
+    fn find(&self, reference: &str) -> Result<Digest, ImageError> {
+        if reference.starts_with("sha256:") {
+            return Digest::parse(reference);
+        }
+        let parsed = Reference::parse(reference)?;
+        let named = self.read_names()?.refs.remove(&parsed.to_string());
+        match (named, parsed.digest()) {
+            (Some(digest), _) => Ok(digest),
+            (None, Some(digest)) => Ok(digest.clone()),
+            (None, None) => Err(ImageError::NotFound {
+                reference: reference.to_owned(),
+            }),
+        }
+    }
+
+    /// Sets an image's last-used time to now and returns its record, if it exists.
+    /// A time less than [`LAST_USED_RESOLUTION`] old is left alone, so that starting
+    /// many tasks of one image does not rewrite (and fsync) its record every time.
+    fn touch(&self, digest: &Digest) -> Result<Option<ImageRecord>, ImageError> {
+        let _guard = self.lock_metadata();
+        let Some(mut record) = self.read_record(digest)? else {
+            return Ok(None);
+        };
+        let now = now_millis();
+        if record
+            .last_used
+            .is_none_or(|used| now.saturating_sub(used) >= LAST_USED_RESOLUTION.as_millis() as u64)
+        {
+            record.last_used = Some(now);
+            self.write_record(&record)?;
+        }
+        Ok(Some(record))
+    }
+
+    fn lock_metadata(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner
+            .metadata_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The image `reference` names if that name came from an archive load (`skiff image
+    /// load`): such an image has no registry to check its tag against.
+    pub fn resolve_loaded(&self, reference: &str) -> Result<Option<Image>, ImageError> {
+        let Ok(name) = normalize_reference(reference.trim()) else {
+            return Ok(None);
+        };
+        if !self.read_names()?.loaded.contains(&name) {
+            return Ok(None);
+        }
+        self.resolve(&name).map(Some)
     }
 
     /// All loaded images, sorted by digest.
@@ -369,16 +473,21 @@ impl ImageStore {
             .collect()
     }
 
-    /// Points `names` at `digest` and returns all names of `digest`.
-    fn point_names(&self, names: &[String], digest: &Digest) -> Result<Vec<String>, ImageError> {
-        let _guard = self
-            .inner
-            .refs_lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    /// Points `names` at `digest` and returns all names of `digest`. The caller holds
+    /// the metadata lock.
+    fn point_names(
+        &self,
+        names: &[String],
+        digest: &Digest,
+        origin: Origin,
+    ) -> Result<Vec<String>, ImageError> {
         let mut index = self.read_names()?;
         let mut changed = false;
         for name in names {
+            changed |= match origin {
+                Origin::Archive => index.loaded.insert(name.clone()),
+                Origin::Registry => index.loaded.remove(name),
+            };
             let previous = index.refs.insert(name.clone(), digest.clone());
             if previous.as_ref() != Some(digest) {
                 changed = true;
@@ -388,12 +497,23 @@ impl ImageStore {
             }
         }
         if changed {
-            let bytes =
-                serde_json::to_vec_pretty(&index).expect("the name index always serializes");
-            write_atomically(&self.inner.root, &self.inner.refs_path, &bytes)?;
+            self.write_names(&index)?;
         }
         Ok(self.names_of(&index, digest))
     }
+
+    /// Replaces `refs.json`. The caller holds the metadata lock.
+    fn write_names(&self, index: &NameIndex) -> Result<(), ImageError> {
+        let bytes = serde_json::to_vec_pretty(index).expect("the name index always serializes");
+        write_atomically(&self.inner.root, &self.inner.refs_path, &bytes)
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 /// Writes `bytes` to `path` through a flushed temporary file in `dir` and a rename.
@@ -431,5 +551,11 @@ fn remove_temporaries(dir: &Path) -> Result<(), ImageError> {
     Ok(())
 }
 
+mod feed;
+mod gc;
+mod pull;
 #[cfg(test)]
 mod tests;
+
+pub use gc::{PruneReport, RemoveOutcome};
+pub use pull::{LayerState, PullProgress};

@@ -42,7 +42,9 @@ impl SupervisorClient {
         let Some(stream) = self.connect().await? else {
             return self.final_status();
         };
-        let mut lines = self.request(stream, &Request::Status).await?;
+        let Some(mut lines) = self.request(stream, &Request::Status).await? else {
+            return self.final_status();
+        };
         self.read_status(&mut lines)
             .await?
             .map_or_else(|| self.final_status(), Ok)
@@ -54,14 +56,12 @@ impl SupervisorClient {
         let Some(stream) = self.connect().await? else {
             return self.final_status().map(drop);
         };
-        let mut lines = self
-            .request(
-                stream,
-                &Request::Stop {
-                    reason: reason.to_owned(),
-                },
-            )
-            .await?;
+        let request = Request::Stop {
+            reason: reason.to_owned(),
+        };
+        let Some(mut lines) = self.request(stream, &request).await? else {
+            return self.final_status().map(drop);
+        };
         match self.read(&mut lines).await? {
             Some(Response::Accepted) => Ok(()),
             Some(other) => Err(self.unexpected(other)),
@@ -78,8 +78,12 @@ impl SupervisorClient {
             Final(TaskStatus),
             Done,
         }
-        let state = match self.connect().await? {
-            Some(stream) => State::Live(self.request(stream, &Request::Watch).await?, self.clone()),
+        let lines = match self.connect().await? {
+            Some(stream) => self.request(stream, &Request::Watch).await?,
+            None => None,
+        };
+        let state = match lines {
+            Some(lines) => State::Live(lines, self.clone()),
             None => State::Final(self.final_status()?),
         };
         Ok(futures::stream::unfold(state, |state| async move {
@@ -177,19 +181,21 @@ impl SupervisorClient {
         }
     }
 
+    /// Sends `request`; None when the supervisor closed the connection before reading
+    /// it (it was exiting: its final status is on disk by then).
     async fn request(
         &self,
         mut stream: UnixStream,
         request: &Request,
-    ) -> Result<tokio::io::Lines<BufReader<UnixStream>>, SandboxError> {
-        stream
-            .write_all(encode(request).as_bytes())
-            .await
-            .map_err(|source| SandboxError::Connection {
+    ) -> Result<Option<tokio::io::Lines<BufReader<UnixStream>>>, SandboxError> {
+        match stream.write_all(encode(request).as_bytes()).await {
+            Ok(()) => Ok(Some(BufReader::new(stream).lines())),
+            Err(error) if peer_gone(&error) => Ok(None),
+            Err(source) => Err(SandboxError::Connection {
                 task_id: self.task_id.clone(),
                 source,
-            })?;
-        Ok(BufReader::new(stream).lines())
+            }),
+        }
     }
 
     /// The next reply, or None when the supervisor closed the connection first.
@@ -200,7 +206,7 @@ impl SupervisorClient {
         let line = match lines.next_line().await {
             Ok(Some(line)) => line,
             Ok(None) => return Ok(None),
-            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+            Err(error) if peer_gone(&error) => return Ok(None),
             Err(source) => {
                 return Err(SandboxError::Connection {
                     task_id: self.task_id.clone(),
@@ -265,5 +271,71 @@ impl SupervisorClient {
                 task_id: self.task_id.clone(),
             })
         }
+    }
+}
+
+/// Whether an I/O error on a connected socket means the supervisor closed its end: it
+/// accepted the connection while exiting (or the listener closed with it still queued).
+fn peer_gone(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use supervisor::protocol::StopCode;
+
+    fn stopped_status(task_id: &str) -> TaskStatus {
+        TaskStatus {
+            task_id: task_id.to_owned(),
+            phase: TaskPhase::Stopped,
+            stop_code: Some(StopCode::EssentialContainerExited),
+            stopped_reason: Some("Essential container in task exited".into()),
+            containers: vec![],
+        }
+    }
+
+    /// A supervisor that accepts a connection and closes it unread, as one does while it
+    /// exits, after writing its final status.
+    async fn closing_supervisor(dir: &TaskDir, task_id: &str) -> UnixStream {
+        std::fs::write(
+            dir.status(),
+            serde_json::to_vec(&stopped_status(task_id)).unwrap(),
+        )
+        .unwrap();
+        let listener = tokio::net::UnixListener::bind(dir.socket()).unwrap();
+        let client = UnixStream::connect(dir.socket()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        drop(accepted);
+        drop(listener);
+        client
+    }
+
+    #[tokio::test]
+    async fn a_request_to_a_closed_supervisor_falls_back_to_the_final_status() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = TaskDir::new(tmp.path());
+        let task_id = "0123456789abcdef0123456789abcdef";
+        let client = SupervisorClient::new(task_id.into(), dir.clone());
+        let stream = closing_supervisor(&dir, task_id).await;
+        // Writing to a peer that closed fails with EPIPE: the request reports None
+        // instead of a connection error, and the callers read status.json.
+        let sent = client.request(stream, &Request::Status).await.unwrap();
+        assert!(sent.is_none());
+        assert_eq!(client.final_status().unwrap(), stopped_status(task_id));
+    }
+
+    #[tokio::test]
+    async fn status_and_stop_of_an_exited_supervisor_read_the_final_status() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = TaskDir::new(tmp.path());
+        let task_id = "fedcba9876543210fedcba9876543210";
+        let client = SupervisorClient::new(task_id.into(), dir.clone());
+        drop(closing_supervisor(&dir, task_id).await);
+        assert_eq!(client.status().await.unwrap(), stopped_status(task_id));
+        client.stop("again").await.unwrap();
     }
 }

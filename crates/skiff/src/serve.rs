@@ -40,6 +40,44 @@ pub struct ServerArgs {
     /// How long stopped tasks stay describable, in seconds.
     #[arg(long, default_value_t = 3600)]
     stopped_task_retention: u64,
+    /// A registry (HOST:PORT, as written in image references) reached over plain HTTP;
+    /// repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
+    /// Extra CA certificates (PEM) trusted for registries, beside the system's.
+    #[arg(long, value_name = "FILE")]
+    registry_ca: Option<PathBuf>,
+    /// Keep the image cache under this size (e.g. 20G, 500M) by evicting the least
+    /// recently used images no task uses.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    image_cache_size: Option<u64>,
+}
+
+/// Parses `20G`, `500M`, `1024K` or a plain number of bytes.
+fn parse_size(value: &str) -> Result<u64, String> {
+    let value = value.trim();
+    let (number, unit) = match value.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => value.split_at(i),
+        None => (value, ""),
+    };
+    let multiplier: u64 = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "'{value}' is not a size: use a number with K, M, G or T"
+            ))
+        }
+    };
+    number
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!("'{value}' is not a size: use a number with K, M, G or T"))
 }
 
 /// The default state directory: /var/lib/skiff for root, the XDG data dir otherwise.
@@ -97,6 +135,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
                 subnet: args.subnet,
             },
             driver,
+            images: agent::ImageSettings {
+                insecure_registries: args.insecure_registries.clone(),
+                registry_ca: args.registry_ca.clone(),
+                cache_max_bytes: args.image_cache_size,
+            },
         },
         to_control,
     )
@@ -175,5 +218,19 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("20G").unwrap(), 20 << 30);
+        assert_eq!(parse_size("500MiB").unwrap(), 500 << 20);
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5X").is_err());
     }
 }

@@ -16,7 +16,9 @@
 //!
 //! Stopping sends SIGTERM through the runtime to every running container and SIGKILL to
 //! each one still running after its own `stop_timeout`. A container's exit code is its
-//! exit status or 128 + signal; an OOM-killed one is reported as `oom_killed` with 137.
+//! exit status or 128 + signal (an OOM-killed main process is SIGKILLed: 137). One whose
+//! cgroup saw an OOM kill is also flagged `oom_killed`, like Docker's `OOMKilled`, but
+//! keeps its real exit code: a shell whose child was killed may still exit 0.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -335,7 +337,7 @@ impl Task {
         let status = &mut container.status;
         status.state = ContainerState::Exited;
         status.finished_at = Some(now_millis());
-        status.exit_code = Some(if oom_killed { 137 } else { termination.code() });
+        status.exit_code = Some(termination.code());
         status.oom_killed = oom_killed;
         if oom_killed {
             status.reason = Some(OOM_REASON.to_owned());

@@ -272,6 +272,11 @@ async fn a_stopped_server_is_reported_as_unreachable() {
         err.to_string().contains("start it with `skiff server`"),
         "{err}"
     );
+    // The flag named is the skiff CLI's, not the AWS CLI's --endpoint-url.
+    assert!(
+        err.to_string().contains("`--endpoint` (or SKIFF_ENDPOINT)"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

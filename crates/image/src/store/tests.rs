@@ -426,3 +426,28 @@ fn busybox_image_loads_from_both_formats() {
         from_docker.digest
     );
 }
+
+#[test]
+fn archive_names_are_marked_loaded_and_pulls_unmark_them() {
+    let (_dir, store) = open();
+    let builder = app("busybox:latest", "v1");
+    let loaded = store
+        .load_archive(builder.oci_archive().unwrap().as_slice())
+        .unwrap();
+    let found = store.resolve_loaded("busybox").unwrap().unwrap();
+    assert_eq!(found.digest, loaded[0].digest);
+    assert!(store.resolve_loaded("other:1").unwrap().is_none());
+    assert!(store.resolve_loaded("not a reference").unwrap().is_none());
+
+    // A registry import of the same name makes it a pulled name again.
+    let digest = Digest::parse(&loaded[0].digest).unwrap();
+    store
+        .import(
+            &digest,
+            &["docker.io/library/busybox:latest".to_owned()],
+            Vec::new(),
+            Origin::Registry,
+        )
+        .unwrap();
+    assert!(store.resolve_loaded("busybox").unwrap().is_none());
+}

@@ -12,13 +12,16 @@
 //!   never trusted from the media type alone; anything else is read as a plain tar.
 //! - The diff id is the digest of the whole uncompressed stream, including the tar
 //!   end-of-archive padding, so the stream is drained after the last entry.
-//! - Entries are written by [`writer::LayerWriter`], which converts whiteouts to the
+//! - Entries are written by `writer::LayerWriter`, which converts whiteouts to the
 //!   overlayfs format and refuses every entry that could land outside the layer (see
 //!   [`UnpackError`]).
 //! - The finished directory is renamed into place with `RENAME_NOREPLACE`: a layer dir
 //!   is either complete or absent, and when two imports of the same layer race, the
 //!   first one wins and the other discards its copy. A failed unpack removes its
 //!   temporary directory.
+//! - A registry pull unpacks while the blob is still downloading, so it stages the
+//!   layer ([`LayerStore::stage`]) and commits it only after the blob's digest checked
+//!   out; a local import stages and commits at once ([`LayerStore::unpack`]).
 
 mod writer;
 
@@ -119,6 +122,20 @@ pub enum UnpackError {
     DiffIdMismatch { expected: Digest, actual: Digest },
 }
 
+impl UnpackError {
+    /// The underlying I/O error if it means the disk (or quota) is full, else `self`.
+    fn into_disk_full(self) -> Result<io::Error, Self> {
+        match self {
+            Self::Io { source, .. } | Self::Staging { source, .. }
+                if crate::error::is_disk_full(&source) =>
+            {
+                Ok(source)
+            }
+            other => Err(other),
+        }
+    }
+}
+
 /// How a layer blob is compressed, as detected from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -211,14 +228,31 @@ impl LayerStore {
         if self.contains(diff_id) {
             return Ok(UnpackOutcome::AlreadyPresent);
         }
-        self.unpack_new(diff_id, blob)
-            .map_err(|source| ImageError::Unpack {
-                layer: diff_id.clone(),
-                source,
-            })
+        self.stage(diff_id, blob)?.commit()
     }
 
-    fn unpack_new(&self, diff_id: &Digest, blob: impl Read) -> Result<UnpackOutcome, UnpackError> {
+    /// Unpacks a layer into a temporary directory without making it visible: the caller
+    /// commits it once it knows the source was good (a download is verified only at its
+    /// end, after the unpacker has read everything). Dropping the result removes it.
+    pub fn stage(&self, diff_id: &Digest, blob: impl Read) -> Result<StagedLayer, ImageError> {
+        self.stage_inner(diff_id, blob)
+            .map_err(|source| self.unpack_error(diff_id, source))
+    }
+
+    fn unpack_error(&self, diff_id: &Digest, source: UnpackError) -> ImageError {
+        match source.into_disk_full() {
+            Ok(source) => ImageError::DiskFull {
+                path: self.dir.clone(),
+                source,
+            },
+            Err(source) => ImageError::Unpack {
+                layer: diff_id.clone(),
+                source,
+            },
+        }
+    }
+
+    fn stage_inner(&self, diff_id: &Digest, blob: impl Read) -> Result<StagedLayer, UnpackError> {
         let staging = tempfile::Builder::new()
             .prefix(TEMP_PREFIX)
             .tempdir_in(&self.dir)
@@ -247,29 +281,61 @@ impl LayerStore {
                 actual,
             });
         }
-        let target = self.path(diff_id);
+        Ok(StagedLayer {
+            staging,
+            store: self.clone(),
+            diff_id: diff_id.clone(),
+            compression,
+            entries,
+            size,
+        })
+    }
+}
+
+/// A fully unpacked and diff-id-verified layer in a temporary directory, not yet
+/// visible. [`StagedLayer::commit`] moves it into place; dropping it deletes it.
+#[derive(Debug)]
+pub struct StagedLayer {
+    staging: tempfile::TempDir,
+    store: LayerStore,
+    diff_id: Digest,
+    compression: Compression,
+    entries: u64,
+    size: u64,
+}
+
+impl StagedLayer {
+    /// Moves the layer to `layers/<diff-id-hex>/` without replacing an existing copy.
+    pub fn commit(self) -> Result<UnpackOutcome, ImageError> {
+        let target = self.store.path(&self.diff_id);
         match renameat2(
             None,
-            staging.path(),
+            self.staging.path(),
             None,
             &target,
             RenameFlags::RENAME_NOREPLACE,
         ) {
             Ok(()) => {
                 // The directory now lives at `target`; only stop the guard deleting it.
-                let _ = staging.keep();
-                tracing::info!(layer = %diff_id, ?compression, entries, size, "unpacked layer");
+                let _ = self.staging.keep();
+                tracing::info!(
+                    layer = %self.diff_id, compression = ?self.compression,
+                    entries = self.entries, size = self.size, "unpacked layer"
+                );
                 Ok(UnpackOutcome::Unpacked)
             }
             Err(Errno::EEXIST | Errno::ENOTEMPTY) => {
-                tracing::debug!(layer = %diff_id, "layer was unpacked concurrently; keeping the existing copy");
+                tracing::debug!(layer = %self.diff_id, "layer was unpacked concurrently; keeping the existing copy");
                 Ok(UnpackOutcome::AlreadyPresent)
             }
-            Err(errno) => Err(UnpackError::Staging {
-                action: "move the unpacked layer to",
-                path: target,
-                source: errno.into(),
-            }),
+            Err(errno) => {
+                let source = UnpackError::Staging {
+                    action: "move the unpacked layer to",
+                    path: target,
+                    source: errno.into(),
+                };
+                Err(self.store.unpack_error(&self.diff_id, source))
+            }
         }
     }
 }

@@ -15,6 +15,12 @@ pub enum ImageCommand {
     Load(LoadArgs),
     /// List the images the server has.
     Ls,
+    /// Pull an image from its registry into the server's cache.
+    Pull(ReferenceArgs),
+    /// Remove an image name; the image goes when its last name does.
+    Rm(ReferenceArgs),
+    /// Remove every image, blob and layer no name or running task uses.
+    Prune,
 }
 
 #[derive(Args)]
@@ -23,11 +29,137 @@ pub struct LoadArgs {
     file: PathBuf,
 }
 
+#[derive(Args)]
+pub struct ReferenceArgs {
+    /// Image reference, e.g. 127.0.0.1:5000/team/app:1.4 or busybox.
+    reference: String,
+}
+
 pub async fn run(command: ImageCommand, connection: &Connection) -> anyhow::Result<ExitCode> {
     match command {
         ImageCommand::Load(args) => load(args, connection).await,
         ImageCommand::Ls => ls(connection).await,
+        ImageCommand::Pull(args) => pull(args, connection).await,
+        ImageCommand::Rm(args) => rm(args, connection).await,
+        ImageCommand::Prune => prune(connection).await,
     }
+}
+
+/// POSTs a JSON body to a native endpoint.
+pub async fn post_json(
+    client: &api::client::EcsClient,
+    path: &str,
+    body: &Value,
+) -> anyhow::Result<reqwest::Response> {
+    let bytes = serde_json::to_vec(body)?;
+    let length = bytes.len() as u64;
+    Ok(client
+        .post_body(path, reqwest::Body::from(bytes), Some(length))
+        .await?)
+}
+
+async fn pull(args: ReferenceArgs, connection: &Connection) -> anyhow::Result<ExitCode> {
+    let client = connection.client()?;
+    let response = post_json(
+        &client,
+        "/skiff/v1/images/pull",
+        &serde_json::json!({"reference": args.reference}),
+    )
+    .await?;
+    if !response.status().is_success() {
+        read_json(response).await?;
+        return Ok(ExitCode::FAILURE);
+    }
+    let bars = indicatif::MultiProgress::new();
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:.bold} {bar:30} {bytes}/{total_bytes} {msg}",
+    )?;
+    let mut layers: std::collections::HashMap<String, indicatif::ProgressBar> = Default::default();
+    let mut lines = super::tasks::json_lines(response);
+    let mut last = Value::Null;
+    while let Some(line) = futures::StreamExt::next(&mut lines).await {
+        let line = line?;
+        if let Some(p) = line.get("progress") {
+            if connection.output == Output::Json {
+                continue;
+            }
+            let digest = p["layer"].as_str().unwrap_or("").to_string();
+            let bar = layers.entry(digest.clone()).or_insert_with(|| {
+                let bar = bars.add(indicatif::ProgressBar::new(
+                    p["total"].as_u64().unwrap_or(0),
+                ));
+                bar.set_style(style.clone());
+                bar.set_prefix(digest.get(7..19).unwrap_or(&digest).to_string());
+                bar
+            });
+            bar.set_position(p["done"].as_u64().unwrap_or(0));
+            bar.set_message(p["state"].as_str().unwrap_or("").to_lowercase());
+        } else {
+            last = line;
+        }
+    }
+    for bar in layers.values() {
+        bar.finish();
+    }
+    if let Some(error) = last.get("error") {
+        anyhow::bail!(
+            "{}: {}",
+            error["__type"].as_str().unwrap_or("Error"),
+            error["message"].as_str().unwrap_or("the pull failed")
+        );
+    }
+    let image = last
+        .get("image")
+        .context("the server ended the pull without a result")?;
+    if connection.output == Output::Json {
+        print_json(image)?;
+    } else {
+        println!("Pulled {}", image["digest"].as_str().unwrap_or(""));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rm(args: ReferenceArgs, connection: &Connection) -> anyhow::Result<ExitCode> {
+    let client = connection.client()?;
+    let out = read_json(
+        post_json(
+            &client,
+            "/skiff/v1/images/remove",
+            &serde_json::json!({"reference": args.reference}),
+        )
+        .await?,
+    )
+    .await?;
+    if connection.output == Output::Json {
+        print_json(&out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for name in out["untagged"].as_array().into_iter().flatten() {
+        println!("Untagged {}", name.as_str().unwrap_or(""));
+    }
+    if let Some(deleted) = out["deleted"].as_str() {
+        println!("Deleted {deleted}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn prune(connection: &Connection) -> anyhow::Result<ExitCode> {
+    let client = connection.client()?;
+    let out =
+        read_json(post_json(&client, "/skiff/v1/images/prune", &serde_json::json!({})).await?)
+            .await?;
+    if connection.output == Output::Json {
+        print_json(&out)?;
+    } else {
+        println!(
+            "Removed {} image(s), {} blob(s), {} layer(s); freed {}",
+            out["imagesRemoved"].as_array().map_or(0, Vec::len),
+            out["blobsRemoved"].as_u64().unwrap_or(0),
+            out["layersRemoved"].as_u64().unwrap_or(0),
+            human_size(out["bytesFreed"].as_u64().unwrap_or(0))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn load(args: LoadArgs, connection: &Connection) -> anyhow::Result<ExitCode> {

@@ -3,6 +3,7 @@
 //! people and JSON for scripts, and turns errors into what to do next.
 
 mod images;
+mod registry;
 mod run;
 mod tasks;
 
@@ -50,6 +51,9 @@ pub enum ClientCommand {
     /// Manage images.
     #[command(subcommand)]
     Image(images::ImageCommand),
+    /// Manage registry credentials.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
 }
 
 pub async fn run(command: ClientCommand, connection: Connection) -> anyhow::Result<ExitCode> {
@@ -59,6 +63,7 @@ pub async fn run(command: ClientCommand, connection: Connection) -> anyhow::Resu
         ClientCommand::Stop(args) => tasks::stop(args, &connection).await,
         ClientCommand::Logs(args) => tasks::logs(args, &connection).await,
         ClientCommand::Image(command) => images::run(command, &connection).await,
+        ClientCommand::Registry(command) => registry::run(command, &connection).await,
     }
 }
 

@@ -112,7 +112,9 @@ pub async fn run(args: RunArgs, connection: &Connection) -> anyhow::Result<ExitC
     }
 
     let started = wait_for(&client, &args.cluster, &task.task_arn, TaskStatus::Running).await?;
-    if started.last_status != TaskStatus::Stopped || started.started_at.is_some() {
+    // Only a task that started has logs: one that failed to start may be seen here on
+    // its way to STOPPED (DEPROVISIONING), with no container ever run.
+    if started.started_at.is_some() {
         stream_logs(&client, &task.task_arn, None, true, connection.output).await?;
     }
     let stopped = wait_for(&client, &args.cluster, &task.task_arn, TaskStatus::Stopped).await?;

@@ -183,25 +183,43 @@ pub async fn stream_logs(
         super::images::read_json(response).await?;
         return Ok(());
     }
-    let mut body = response.bytes_stream();
-    let mut pending: Vec<u8> = Vec::new();
-    while let Some(chunk) = body.next().await {
-        pending.extend_from_slice(&chunk?);
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            print_entry(&line, output)?;
-        }
+    let mut lines = json_lines(response);
+    while let Some(entry) = lines.next().await {
+        print_entry(&entry?, output)?;
     }
     Ok(())
 }
 
-fn print_entry(line: &[u8], output: Output) -> anyhow::Result<()> {
+/// The JSON lines of a streamed native response, each parsed as it arrives.
+pub fn json_lines(
+    response: reqwest::Response,
+) -> impl futures::Stream<Item = anyhow::Result<Value>> + Unpin {
+    let state = (response.bytes_stream(), Vec::<u8>::new());
+    Box::pin(futures::stream::unfold(
+        state,
+        |(mut body, mut pending)| async move {
+            loop {
+                if let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    let parsed = serde_json::from_slice(&line).map_err(anyhow::Error::from);
+                    return Some((parsed, (body, pending)));
+                }
+                match body.next().await {
+                    Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
+                    Some(Err(e)) => return Some((Err(e.into()), (body, pending))),
+                    None => return None,
+                }
+            }
+        },
+    ))
+}
+
+fn print_entry(entry: &Value, output: Output) -> anyhow::Result<()> {
     use std::io::Write;
     if output == Output::Json {
-        std::io::stdout().write_all(line)?;
+        println!("{entry}");
         return Ok(());
     }
-    let entry: Value = serde_json::from_slice(line)?;
     let message = entry["message"].as_str().unwrap_or("");
     let newline = if entry["partial"].as_bool() == Some(true) {
         ""
