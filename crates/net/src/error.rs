@@ -72,7 +72,7 @@ pub enum NetError {
     #[error("cannot enable IPv4 forwarding through {path:?}: run the agent as root with /proc/sys writable")]
     Forwarding { path: PathBuf, source: io::Error },
 
-    #[error("cannot install the nftables table `ip skiff` (nft's own message is on the agent's stderr): check that `nft` is on PATH and the kernel has nf_tables with NAT support")]
+    #[error("cannot install the nftables table `ip skiff_<bridge>` (nft's own message is on the agent's stderr): check that `nft` is on PATH and the kernel has nf_tables with NAT support")]
     Firewall {
         source: nftables::helper::NftablesError,
     },

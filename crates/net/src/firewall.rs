@@ -1,11 +1,12 @@
 //! IPv4 forwarding and the nftables rules of the task subnet.
 //!
-//! The rules live in a table of their own, `ip skiff`, so they never touch anyone else's
-//! rules, and are (re)installed in one atomic nft transaction that adds the table (so it
-//! exists), deletes it with everything in it, and recreates it:
+//! The rules live in a table of their own per bridge, `ip skiff_<bridge>`, so they never
+//! touch anyone else's rules (nor those of another Skiff server on another bridge in the
+//! same namespace), and are (re)installed in one atomic nft transaction that adds the
+//! table (so it exists), deletes it with everything in it, and recreates it:
 //!
 //! ```text
-//! table ip skiff {
+//! table ip skiff_<bridge> {
 //!   chain postrouting { type nat hook postrouting priority srcnat; policy accept;
 //!     ip saddr <subnet> oifname != <bridge> masquerade       # tasks reach the outside
 //!   }
@@ -40,8 +41,10 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use crate::NetError;
 
-/// Name of the nftables table this crate owns.
-pub(crate) const TABLE: &str = "skiff";
+/// Name of the nftables table this crate owns for `bridge`.
+pub(crate) fn table_name(bridge: &str) -> String {
+    format!("skiff_{bridge}")
+}
 /// Chain holding the masquerade rule.
 pub(crate) const POSTROUTING_CHAIN: &str = "postrouting";
 /// Chain holding the forwarding policy.
@@ -61,7 +64,7 @@ pub(crate) fn enable_ip_forwarding() -> Result<(), NetError> {
     })
 }
 
-/// (Re)installs the `ip skiff` table for `subnet` behind `bridge`, atomically.
+/// (Re)installs the `ip skiff_<bridge>` table for `subnet` behind `bridge`, atomically.
 pub(crate) async fn install(bridge: &str, subnet: Ipv4Net) -> Result<(), NetError> {
     nftables::helper::apply_ruleset_async(&ruleset(bridge, subnet))
         .await
@@ -70,14 +73,15 @@ pub(crate) async fn install(bridge: &str, subnet: Ipv4Net) -> Result<(), NetErro
 
 /// The transaction that replaces the table; see the module header for its content.
 fn ruleset(bridge: &str, subnet: Ipv4Net) -> Nftables<'static> {
+    let table_name: Cow<'static, str> = Cow::Owned(table_name(bridge));
     let table = || Table {
         family: NfFamily::IP,
-        name: TABLE.into(),
+        name: table_name.clone(),
         handle: None,
     };
     let base_chain = |name: &'static str, kind, hook, prio| Chain {
         family: NfFamily::IP,
-        table: TABLE.into(),
+        table: table_name.clone(),
         name: name.into(),
         _type: Some(kind),
         hook: Some(hook),
@@ -88,7 +92,7 @@ fn ruleset(bridge: &str, subnet: Ipv4Net) -> Nftables<'static> {
     let rule = |chain: &'static str, statements: Vec<Statement<'static>>| {
         NfListObject::Rule(Rule {
             family: NfFamily::IP,
-            table: TABLE.into(),
+            table: table_name.clone(),
             chain: chain.into(),
             expr: Cow::Owned(statements),
             ..Rule::default()
@@ -213,7 +217,7 @@ mod tests {
     #[test]
     fn the_table_is_replaced_atomically_without_touching_others() {
         let commands = commands();
-        let table = json!({"table": {"family": "ip", "name": "skiff"}});
+        let table = json!({"table": {"family": "ip", "name": "skiff_skiff9"}});
         assert_eq!(commands[0], json!({ "add": table }));
         assert_eq!(commands[1], json!({ "delete": table }));
         assert_eq!(commands[2], json!({ "add": table }));
@@ -229,7 +233,11 @@ mod tests {
                 .expect("body");
             let table = inner.get("table").or_else(|| inner.get("name"));
             assert_eq!(inner["family"], "ip");
-            assert_eq!(table.and_then(Value::as_str), Some("skiff"), "{command}");
+            assert_eq!(
+                table.and_then(Value::as_str),
+                Some("skiff_skiff9"),
+                "{command}"
+            );
         }
     }
 

@@ -7,7 +7,7 @@
 //!  | skiff0: bridge, gateway <subnet>.1          |   | eth0: task address, MAC       |
 //!  |   +-- sk<13 hex of id> ===== veth ==========|===|       0a:58:<address octets>  |
 //!  |   +-- sk<...>  (other tasks)                |   | default via gateway; lo up    |
-//!  | nftables `table ip skiff`: masquerade the   |   +-------------------------------+
+//!  | nftables `ip skiff_<bridge>`: masquerade    |   +-------------------------------+
 //!  |   subnet leaving via any other interface    |
 //!  +---------------------------------------------+
 //! ```

@@ -30,7 +30,7 @@ fn attribute<T>(message: &LinkMessage, pick: impl Fn(&LinkAttribute) -> Option<T
     message.attributes.iter().find_map(pick)
 }
 
-/// Masquerade rules in the `ip skiff` table of the calling thread's namespace.
+/// Masquerade rules in the test bridge's table of the calling thread's namespace.
 fn masquerade_rules() -> usize {
     let ruleset = nftables::helper::get_current_ruleset().expect("nft list ruleset");
     ruleset
@@ -38,7 +38,7 @@ fn masquerade_rules() -> usize {
         .iter()
         .filter(|object| match object {
             NfObject::ListObject(NfListObject::Rule(rule)) => {
-                rule.table == firewall::TABLE
+                rule.table == firewall::table_name(BRIDGE)
                     && rule.chain == firewall::POSTROUTING_CHAIN
                     && rule
                         .expr
