@@ -65,7 +65,7 @@ pub(crate) fn mount_rootfs(
     image: &Image,
     dirs: &RootfsDirs,
 ) -> Result<(), String> {
-    image::rootfs::unmount_rootfs(&dirs.target).map_err(|e| error_chain(&e))?;
+    image::rootfs::unmount_rootfs(&dirs.target).map_err(|e| model::error_chain(&e))?;
     for dir in [&dirs.upper, &dirs.work, &dirs.target] {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -77,7 +77,7 @@ pub(crate) fn mount_rootfs(
         &dirs.target,
         false,
     )
-    .map_err(|e| error_chain(&e))
+    .map_err(|e| model::error_chain(&e))
 }
 
 /// Unmounts every container root filesystem of the task and removes its writable
@@ -91,7 +91,7 @@ pub(crate) fn release_storage(task_dir: &Path) -> Result<(), String> {
     };
     for entry in entries.flatten() {
         let target = entry.path().join("rootfs");
-        image::rootfs::unmount_rootfs(&target).map_err(|e| error_chain(&e))?;
+        image::rootfs::unmount_rootfs(&target).map_err(|e| model::error_chain(&e))?;
     }
     std::fs::remove_dir_all(&containers)
         .map_err(|e| format!("cannot remove {}: {e}", containers.display()))
@@ -200,16 +200,4 @@ fn container_spec(
     spec.nofile = c.nofile;
     spec.add_capabilities = c.add_capabilities.clone();
     Ok(spec)
-}
-
-/// An error and its sources on one line, for a task's `stoppedReason`.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }

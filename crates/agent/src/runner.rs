@@ -89,7 +89,7 @@ async fn start(
         .map_err(|e| {
             format!(
                 "ResourceInitializationError: failed to configure the task network: {}",
-                prepare::error_chain(&e)
+                model::error_chain(&e)
             )
         })?;
     report.mac_address = Some(interface.mac_address.clone());
@@ -111,7 +111,7 @@ async fn start(
                 "CannotPullContainerError: pull image {} for container {}: {}",
                 c.image,
                 c.name,
-                prepare::error_chain(&e)
+                model::error_chain(&e)
             )
         })?;
         by_reference.insert(c.image.clone(), image);
@@ -162,7 +162,7 @@ async fn start(
         .driver
         .launch(spec)
         .await
-        .map_err(|e| format!("CannotStartContainerError: {}", prepare::error_chain(&e)))?;
+        .map_err(|e| format!("CannotStartContainerError: {}", model::error_chain(&e)))?;
     Ok(Some(client))
 }
 
@@ -183,7 +183,7 @@ async fn follow(
                 report.stopped_reason.get_or_insert_with(|| {
                     format!(
                         "ResourceInitializationError: lost the task supervisor: {}",
-                        prepare::error_chain(&e)
+                        model::error_chain(&e)
                     )
                 });
                 return;
@@ -312,7 +312,7 @@ async fn finish(agent: &Agent, plan: &TaskPlan, mut report: TaskReport) {
     set_status(agent, &mut report, TaskStatus::Deprovisioning);
     let task_id = &plan.task_id;
     if let Err(e) = agent.inner.driver.remove(task_id).await {
-        tracing::error!(task_id = %task_id, error = %prepare::error_chain(&e), "cannot remove the sandbox");
+        tracing::error!(task_id = %task_id, error = %model::error_chain(&e), "cannot remove the sandbox");
     }
     let state_dir = agent.task_state_dir(task_id);
     let released = tokio::task::spawn_blocking({
@@ -329,7 +329,7 @@ async fn finish(agent: &Agent, plan: &TaskPlan, mut report: TaskReport) {
     }
     agent.unpin_images(task_id);
     if let Err(e) = agent.inner.network.detach(task_id).await {
-        tracing::error!(task_id = %task_id, error = %prepare::error_chain(&e), "cannot detach the task network");
+        tracing::error!(task_id = %task_id, error = %model::error_chain(&e), "cannot detach the task network");
     }
     for c in &mut report.containers {
         c.last_status = "STOPPED".into();

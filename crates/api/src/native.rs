@@ -32,7 +32,7 @@ fn images_json(images: &[image::Image]) -> serde_json::Value {
 }
 
 fn image_error(e: &image::ImageError) -> WireError {
-    WireError::new(400, "ClientException", error_chain(e))
+    WireError::new(400, "ClientException", model::error_chain(e))
 }
 
 /// Authenticates a native JSON call and parses its body.
@@ -88,7 +88,7 @@ pub(crate) async fn pull_image(
         let last = match result {
             Ok(image) => json!({"image": images_json(std::slice::from_ref(&image))["images"][0]}),
             Err(e) => {
-                json!({"error": {"__type": "CannotPullContainerError", "message": error_chain(&e)}})
+                json!({"error": {"__type": "CannotPullContainerError", "message": model::error_chain(&e)}})
             }
         };
         let _ = tx.send(Ok(format!("{last}\n"))).await;
@@ -113,15 +113,12 @@ pub(crate) async fn remove_image(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let images = shared.state.agent.images().clone();
-    match tokio::task::spawn_blocking(move || images.remove(&request.reference)).await {
-        Ok(Ok(outcome)) => with_request_id(
-            axum::Json(json!({"untagged": outcome.untagged, "deleted": outcome.deleted}))
-                .into_response(),
-        ),
-        Ok(Err(e)) => image_error(&e).into_response(),
-        Err(e) => WireError::new(500, "ServerException", e.to_string()).into_response(),
-    }
+    store_call(
+        &shared,
+        move |images| images.remove(&request.reference),
+        |outcome| json!({"untagged": outcome.untagged, "deleted": outcome.deleted}),
+    )
+    .await
 }
 
 pub(crate) async fn prune_images(
@@ -189,19 +186,8 @@ pub(crate) async fn registry_login(
             tracing::info!(registry = %login.host, username = %login.username, "registry login stored");
             with_request_id(axum::Json(json!({})).into_response())
         }
-        Err(e) => WireError::new(500, "ServerException", error_chain(&e)).into_response(),
+        Err(e) => WireError::new(500, "ServerException", model::error_chain(&e)).into_response(),
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 pub(crate) async fn list_images(
@@ -213,9 +199,18 @@ pub(crate) async fn list_images(
     if let Err(e) = authenticate(&shared.state, &method, &uri, &headers, Payload::Bytes(b"")) {
         return e.into_response();
     }
+    store_call(&shared, |images| images.list(), |list| images_json(&list)).await
+}
+
+/// Runs image-store work on the blocking pool and renders its result as JSON.
+async fn store_call<T: Send + 'static>(
+    shared: &AppState,
+    work: impl FnOnce(image::ImageStore) -> Result<T, image::ImageError> + Send + 'static,
+    render: impl FnOnce(T) -> serde_json::Value,
+) -> Response {
     let images = shared.state.agent.images().clone();
-    match tokio::task::spawn_blocking(move || images.list()).await {
-        Ok(Ok(list)) => with_request_id(axum::Json(images_json(&list)).into_response()),
+    match tokio::task::spawn_blocking(move || work(images)).await {
+        Ok(Ok(value)) => with_request_id(axum::Json(render(value)).into_response()),
         Ok(Err(e)) => image_error(&e).into_response(),
         Err(e) => WireError::new(500, "ServerException", e.to_string()).into_response(),
     }
@@ -249,7 +244,7 @@ async fn receive_and_load(shared: &AppState, body: Body) -> Result<Vec<image::Im
         WireError::new(
             500,
             "ServerException",
-            format!("{what}: {}", error_chain(e)),
+            format!("{what}: {}", model::error_chain(e)),
         )
     };
     let mut spool =
@@ -299,7 +294,7 @@ pub(crate) async fn task_logs(
     }
     let agent = shared.state.agent.clone();
     let not_found = |e: &dyn std::error::Error| {
-        WireError::new(400, "InvalidParameterException", error_chain(e)).into_response()
+        WireError::new(400, "InvalidParameterException", model::error_chain(e)).into_response()
     };
     let task_dir = match agent.task_logs(&task_id) {
         Ok(dir) => dir,

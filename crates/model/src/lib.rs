@@ -17,6 +17,19 @@ pub use error::EcsError;
 /// Seconds since the Unix epoch, as ECS puts timestamps on the wire.
 pub type Timestamp = f64;
 
+/// An error and its sources on one line (`error: source: source...`), for a task's
+/// `stoppedReason` or an API message where the chain must travel as text.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The current time as an ECS timestamp (millisecond precision).
 pub fn now() -> Timestamp {
     let elapsed = std::time::SystemTime::now()

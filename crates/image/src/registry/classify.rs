@@ -48,7 +48,7 @@ impl Transient {
     /// One line for the retry log.
     pub(crate) fn summary(&self) -> String {
         match self {
-            Self::Unreachable(error) => error_chain(error.as_ref()),
+            Self::Unreachable(error) => model::error_chain(error.as_ref()),
             Self::Server { status, message } => format!("HTTP {status}: {message}"),
         }
     }
@@ -229,18 +229,6 @@ fn envelope_message(envelope: &OciEnvelope) -> String {
     } else {
         messages.join("; ")
     }
-}
-
-/// `error: source: source...` on one line.
-fn error_chain(error: &(dyn StdError + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(error) = source {
-        text.push_str(": ");
-        text.push_str(&error.to_string());
-        source = error.source();
-    }
-    text
 }
 
 #[cfg(test)]
