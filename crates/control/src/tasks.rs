@@ -60,7 +60,9 @@ impl Control {
                 ));
             }
         }
-        let cluster = self.active_cluster(r.cluster.as_deref()).await?;
+        // Fail fast on a missing cluster; the revision that guards the write is read
+        // again under the allocation lock below.
+        self.active_cluster(r.cluster.as_deref()).await?;
         let definition = self
             .find_task_definition(&r.task_definition)
             .await?
@@ -74,9 +76,12 @@ impl Control {
         }
         let overrides = r.overrides.clone().unwrap_or_default();
         let (cpu, memory) = validate::overrides(&definition, &overrides)?;
-        let cluster_name = cluster.value.cluster_name.clone();
 
         let mut ipam = self.inner.ipam.lock().await;
+        // RunTasks are serialized by this lock, so between this read and the write only
+        // a change to the cluster itself (DeleteCluster, tags) can move its revision.
+        let cluster = self.active_cluster(r.cluster.as_deref()).await?;
+        let cluster_name = cluster.value.cluster_name.clone();
         let token_key = r
             .client_token
             .as_ref()

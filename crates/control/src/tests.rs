@@ -326,3 +326,31 @@ async fn tags_on_every_resource() {
         .unwrap_err();
     assert_eq!(err.type_name(), "ResourceNotFoundException");
 }
+
+#[tokio::test]
+async fn concurrent_run_tasks_on_one_cluster_all_succeed() {
+    let h = Harness::new().await;
+    h.setup_cluster_and_family().await;
+    let calls = (0..10).map(|_| {
+        h.call(
+            "RunTask",
+            json!({"cluster": "demo", "taskDefinition": "web", "count": 10}),
+        )
+    });
+    let results = futures::future::join_all(calls).await;
+    let mut addresses = std::collections::HashSet::new();
+    for result in results {
+        let out = result.expect("no RunTask is refused by another");
+        for task in out["tasks"].as_array().unwrap() {
+            let ip = task["attachments"][0]["details"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["name"] == "privateIPv4Address")
+                .unwrap()["value"]
+                .clone();
+            assert!(addresses.insert(ip), "addresses are unique");
+        }
+    }
+    assert_eq!(addresses.len(), 100);
+}
