@@ -126,13 +126,29 @@ pub(crate) fn registry(
 
 impl Agent {
     /// The image a container of a task runs, pulled if needed (see the module's policy).
-    pub(crate) async fn image_for(&self, reference: &str) -> Result<Image, ImageError> {
+    /// The pull's hold is released only once the image counts as the task's, so no
+    /// cache trim (this one or a concurrent pull's) can evict it before it is mounted.
+    pub(crate) async fn image_for(
+        &self,
+        task_id: &str,
+        reference: &str,
+    ) -> Result<Image, ImageError> {
         let images = self.images().clone();
         let owned = reference.to_string();
         if let Some(image) = blocking(move || images.resolve_loaded(&owned)).await? {
             return Ok(image);
         }
-        self.pull_image(reference, |_| {}).await
+        let (image, hold) = self
+            .images()
+            .pull_held(&self.inner.registry, reference, |_| {})
+            .await?;
+        self.lock_task_images()
+            .entry(task_id.to_string())
+            .or_default()
+            .push(image.digest.clone());
+        drop(hold);
+        self.trim_cache(&image.digest).await;
+        Ok(image)
     }
 
     /// Pulls an image (progress per layer), then keeps the cache within its size.
@@ -145,18 +161,26 @@ impl Agent {
             .images()
             .pull(&self.inner.registry, reference, progress)
             .await?;
-        if let Some(max) = self.inner.config.images.cache_max_bytes {
-            let in_use = self.images_in_use();
-            let images = self.images().clone();
-            match blocking(move || images.evict_to(max, &in_use)).await {
-                Ok(report) if !report.images_removed.is_empty() => {
-                    tracing::info!(removed = ?report.images_removed, bytes = report.bytes_freed, "evicted least recently used images");
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot evict images"),
-            }
-        }
+        self.trim_cache(&image.digest).await;
         Ok(image)
+    }
+
+    /// Evicts least recently used images beyond `--image-cache-size`, never one a task
+    /// holds nor `just_pulled` (evicting what was just asked for would defeat the pull).
+    async fn trim_cache(&self, just_pulled: &str) {
+        let Some(max) = self.inner.config.images.cache_max_bytes else {
+            return;
+        };
+        let mut in_use = self.images_in_use();
+        in_use.insert(just_pulled.to_string());
+        let images = self.images().clone();
+        match blocking(move || images.evict_to(max, &in_use)).await {
+            Ok(report) if !report.images_removed.is_empty() => {
+                tracing::info!(removed = ?report.images_removed, bytes = report.bytes_freed, "evicted least recently used images");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot evict images"),
+        }
     }
 
     /// Removes every image, blob and layer that no image name or running task uses.
@@ -192,11 +216,7 @@ impl Agent {
         {
             tracing::warn!(task_id, error = %e, "cannot record the task's images");
         }
-        self.inner
-            .task_images
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(task_id.to_string(), digests);
+        self.lock_task_images().insert(task_id.to_string(), digests);
     }
 
     /// Restores the pins of a task re-adopted after a restart.
@@ -206,26 +226,22 @@ impl Agent {
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default();
-        self.inner
-            .task_images
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(task_id.to_string(), digests);
+        self.lock_task_images().insert(task_id.to_string(), digests);
     }
 
     pub(crate) fn unpin_images(&self, task_id: &str) {
+        self.lock_task_images().remove(task_id);
+    }
+
+    fn lock_task_images(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<String>>> {
         self.inner
             .task_images
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(task_id);
     }
 
     fn images_in_use(&self) -> HashSet<String> {
-        self.inner
-            .task_images
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.lock_task_images()
             .values()
             .flatten()
             .cloned()

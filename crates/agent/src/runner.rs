@@ -106,14 +106,17 @@ async fn start(
         if by_reference.contains_key(&c.image) {
             continue;
         }
-        let image = agent.image_for(&c.image).await.map_err(|e| {
-            format!(
-                "CannotPullContainerError: pull image {} for container {}: {}",
-                c.image,
-                c.name,
-                model::error_chain(&e)
-            )
-        })?;
+        let image = agent
+            .image_for(&plan.task_id, &c.image)
+            .await
+            .map_err(|e| {
+                format!(
+                    "CannotPullContainerError: pull image {} for container {}: {}",
+                    c.image,
+                    c.name,
+                    model::error_chain(&e)
+                )
+            })?;
         by_reference.insert(c.image.clone(), image);
     }
     agent.pin_images(

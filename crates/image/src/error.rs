@@ -243,6 +243,19 @@ pub enum ImageError {
         message: String,
     },
 
+    /// The registry answered 401 to the credentials stored for it: they are wrong.
+    #[error(
+        "registry {registry} refused the credentials of {username} for {reference} (the \
+         registry says: {message}): the password or token is wrong or has expired; store \
+         the right one with `skiff registry login {registry} -u {username} --password-stdin`"
+    )]
+    RegistryCredentialsRefused {
+        registry: String,
+        reference: String,
+        username: String,
+        message: String,
+    },
+
     /// The registry could not be reached: connection refused, DNS failure, timeout.
     #[error(
         "cannot reach registry {registry} after {attempts} attempts: check the registry \

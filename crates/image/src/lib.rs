@@ -41,5 +41,7 @@ pub use manifest::{ImageConfig, Platform};
 pub use reference::{normalize_reference, Reference};
 pub use registry::{CredentialSource, Credentials, Registry, RegistryConfig, RetryPolicy};
 pub use rootfs::{mount_rootfs, unmount_rootfs};
-pub use store::{Image, ImageStore, LayerState, PruneReport, PullProgress, RemoveOutcome};
+pub use store::{
+    Image, ImageHold, ImageStore, LayerState, PruneReport, PullProgress, RemoveOutcome,
+};
 pub use unpack::{Compression, LayerStore, StagedLayer, UnpackError, UnpackOutcome};

@@ -558,4 +558,4 @@ mod pull;
 mod tests;
 
 pub use gc::{PruneReport, RemoveOutcome};
-pub use pull::{LayerState, PullProgress};
+pub use pull::{ImageHold, LayerState, PullProgress};

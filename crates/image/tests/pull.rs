@@ -270,16 +270,24 @@ async fn basic_auth_is_used_and_refusals_say_how_to_log_in() {
         credentials: Arc::new(|_: &str| None),
         ..registry.pull_config()
     });
-    for client in [wrong, anonymous] {
+    for (client, credentials_sent) in [(wrong, true), (anonymous, false)] {
         let (_dir, store) = self::store();
         let err = store
             .pull(&client, &reference, no_progress)
             .await
             .unwrap_err();
-        assert!(
-            matches!(&err, ImageError::RegistryUnauthorized { registry: r, .. } if *r == registry.host),
-            "{err:?}"
-        );
+        if credentials_sent {
+            assert!(
+                matches!(&err, ImageError::RegistryCredentialsRefused { registry: r, username, .. }
+                    if *r == registry.host && username == "alice"),
+                "{err:?}"
+            );
+        } else {
+            assert!(
+                matches!(&err, ImageError::RegistryUnauthorized { registry: r, .. } if *r == registry.host),
+                "{err:?}"
+            );
+        }
         let message = err.to_string();
         assert!(
             message.contains(&format!("skiff registry login {}", registry.host)),
@@ -529,6 +537,22 @@ async fn prune_and_eviction_keep_images_in_use() {
         .map(|i| store.layers().dir().join(&old_layer_diff_id(i)[7..]))
         .collect();
     assert!(dirs.iter().all(|dir| dir.is_dir()));
+
+    // A hold from the pull protects an image not (yet) in use, until dropped.
+    let (held, hold) = store
+        .pull_held(&client, &new_ref, no_progress)
+        .await
+        .unwrap();
+    assert!(store
+        .evict_to(0, &in_use)
+        .unwrap()
+        .images_removed
+        .is_empty());
+    assert!(store.prune(&in_use).unwrap().images_removed.is_empty());
+    assert_eq!(store.resolve(&new_ref).unwrap(), held);
+    drop(hold);
+    let report = store.evict_to(0, &in_use).unwrap();
+    assert_eq!(report.images_removed, [new.digest()]);
 
     // Once the task is gone, prune frees everything.
     let report = store.prune(&nothing).unwrap();

@@ -6,6 +6,7 @@
 //! | connect / DNS / timeout / broken body            | yes     | `RegistryUnreachable`       |
 //! | HTTP 5xx, 408, 429 (`TOOMANYREQUESTS`)           | yes     | `RegistryServer`            |
 //! | HTTP 401 / 403 (`UNAUTHORIZED`, `DENIED`)        | no      | `RegistryUnauthorized`      |
+//! | HTTP 401 although credentials were sent          | no      | `RegistryCredentialsRefused`|
 //! | 404 (`MANIFEST_UNKNOWN`, `NAME_UNKNOWN`, ...)    | no      | `RegistryNotFound`          |
 //! | 404 of a blob (`BLOB_UNKNOWN`)                   | no      | `RegistryBlobMissing`       |
 //! | content does not hash to the requested digest    | no      | `DigestMismatch`            |
@@ -21,6 +22,7 @@ use std::error::Error as StdError;
 use std::io;
 
 use oci_client::errors::{DigestError, OciDistributionError, OciEnvelope, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
 
 use super::Session;
 use crate::digest::Digest;
@@ -95,6 +97,17 @@ pub(crate) fn classify(
         reference: session.reference.clone(),
         message,
     };
+    // A 401 to credentials means they are wrong; a 403 (`DENIED`) means the account
+    // may not pull this repository, which `unauthorized` says.
+    let refused = |message: String| match &session.auth {
+        RegistryAuth::Basic(username, _) => ImageError::RegistryCredentialsRefused {
+            registry: session.registry.clone(),
+            reference: session.reference.clone(),
+            username: username.clone(),
+            message,
+        },
+        _ => unauthorized(message),
+    };
     let rejected = |message: String| ImageError::RegistryRejected {
         registry: session.registry.clone(),
         reference: session.reference.clone(),
@@ -103,19 +116,18 @@ pub(crate) fn classify(
     match error {
         OciDistributionError::RequestError(error) => transport(Box::new(error), session),
         OciDistributionError::IoError(error) => transport(Box::new(error), session),
-        OciDistributionError::UnauthorizedError { .. } => Failure::Fatal(unauthorized(
-            "authentication required (HTTP 401)".to_owned(),
-        )),
+        OciDistributionError::UnauthorizedError { .. } => {
+            Failure::Fatal(refused("authentication required (HTTP 401)".to_owned()))
+        }
         OciDistributionError::AuthenticationFailure(reason) => {
-            Failure::Fatal(unauthorized(reason.trim().to_owned()))
+            Failure::Fatal(refused(reason.trim().to_owned()))
         }
         OciDistributionError::RegistryError { envelope, .. } => {
             let message = envelope_message(&envelope);
             let code = envelope.errors.first().map(|error| &error.code);
             match code {
-                Some(OciErrorCode::Unauthorized | OciErrorCode::Denied) => {
-                    Failure::Fatal(unauthorized(message))
-                }
+                Some(OciErrorCode::Unauthorized) => Failure::Fatal(refused(message)),
+                Some(OciErrorCode::Denied) => Failure::Fatal(unauthorized(message)),
                 Some(
                     OciErrorCode::ManifestUnknown
                     | OciErrorCode::NameUnknown
@@ -133,7 +145,8 @@ pub(crate) fn classify(
         OciDistributionError::ServerError { code, message, .. } => {
             let message = message.trim().to_owned();
             match code {
-                401 | 403 => Failure::Fatal(unauthorized(format!("HTTP {code}: {message}"))),
+                401 => Failure::Fatal(refused(format!("HTTP 401: {message}"))),
+                403 => Failure::Fatal(unauthorized(format!("HTTP 403: {message}"))),
                 404 => Failure::Fatal(not_found(format!("HTTP 404: {message}"))),
                 408 | 429 | 500..=599 => Failure::Transient(Transient::Server {
                     status: code,
@@ -348,6 +361,54 @@ mod tests {
             matches!(err, ImageError::RegistryUnreachable { attempts: 4, .. }),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn a_401_to_stored_credentials_says_they_are_wrong() {
+        let registry = Registry::new(RegistryConfig {
+            credentials: std::sync::Arc::new(|_: &str| {
+                Some(crate::registry::Credentials {
+                    username: "deploy".to_owned(),
+                    password: "wrong".to_owned(),
+                })
+            }),
+            ..RegistryConfig::default()
+        })
+        .unwrap();
+        let with_login = registry
+            .session(&Reference::parse("127.0.0.1:5000/team/app:1").unwrap())
+            .unwrap();
+        let unauthorized = || OciDistributionError::UnauthorizedError { url: String::new() };
+        let err = match classify(unauthorized(), &with_login, None) {
+            Failure::Fatal(err @ ImageError::RegistryCredentialsRefused { .. }) => err,
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            err.to_string()
+                .contains("refused the credentials of deploy for 127.0.0.1:5000/team/app:1")
+                && err
+                    .to_string()
+                    .contains("`skiff registry login 127.0.0.1:5000 -u deploy --password-stdin`"),
+            "{err}"
+        );
+        assert!(matches!(
+            classify(
+                envelope("UNAUTHORIZED", "authentication required"),
+                &with_login,
+                None
+            ),
+            Failure::Fatal(ImageError::RegistryCredentialsRefused { .. })
+        ));
+        // DENIED: the credentials are fine, the account may not pull this repository.
+        assert!(matches!(
+            classify(envelope("DENIED", "denied"), &with_login, None),
+            Failure::Fatal(ImageError::RegistryUnauthorized { .. })
+        ));
+        // Without a login, a 401 asks for one.
+        assert!(matches!(
+            classify(unauthorized(), &session(), None),
+            Failure::Fatal(ImageError::RegistryUnauthorized { .. })
+        ));
     }
 
     #[test]

@@ -23,6 +23,10 @@
 //! ([`InFlight`](crate::inflight::InFlight)) and then find it stored. When a layer
 //! fails, the pull's other downloads are told to stop ([`Abort`]) and awaited, so the
 //! pull returns only once their temporary files and directories are gone.
+//!
+//! The pins end with the pull, unless it is [`ImageStore::pull_held`]: then they become
+//! the caller's [`ImageHold`], so that no eviction can remove the image between the
+//! pull's return and the caller recording it as in use.
 
 use std::time::Instant;
 
@@ -78,6 +82,20 @@ pub struct PullProgress {
     pub total: u64,
     /// What is happening to the layer.
     pub state: LayerState,
+}
+
+/// Keeps a pulled image (its record, blobs and layers) from [`ImageStore::evict_to`]
+/// and [`ImageStore::prune`] until dropped. A pull's own protection ends when it
+/// returns; the hold bridges the gap until the image's user is in the `in_use` set
+/// those take, so that a concurrent eviction cannot remove the image in between.
+pub struct ImageHold {
+    _pins: Pins,
+}
+
+impl std::fmt::Debug for ImageHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageHold").finish_non_exhaustive()
+    }
 }
 
 /// A blob to fetch, and for a layer, the diff id to unpack it as.
@@ -142,6 +160,21 @@ impl ImageStore {
     where
         F: Fn(PullProgress) + Send + Sync,
     {
+        let (image, _hold) = self.pull_held(registry, reference, progress).await?;
+        Ok(image)
+    }
+
+    /// [`ImageStore::pull`], also returning an [`ImageHold`] that keeps the image from
+    /// eviction and garbage collection until the caller has recorded its use.
+    pub async fn pull_held<F>(
+        &self,
+        registry: &Registry,
+        reference: &str,
+        progress: F,
+    ) -> Result<(Image, ImageHold), ImageError>
+    where
+        F: Fn(PullProgress) + Send + Sync,
+    {
         let started = Instant::now();
         let parsed = Reference::parse(reference.trim())?;
         let session = registry.session(&parsed)?;
@@ -163,7 +196,7 @@ impl ImageStore {
         };
         if let Some(image) = existing {
             tracing::info!(reference = %parsed, image = %manifest, "image already stored; nothing to pull");
-            return Ok(image);
+            return Ok((image, ImageHold { _pins: pins }));
         }
 
         let manifest_bytes = self.document(&session, &manifest).await?;
@@ -266,7 +299,7 @@ impl ImageStore {
             reference = %parsed, image = %manifest, layers, bytes,
             elapsed_ms = started.elapsed().as_millis() as u64, "pulled image"
         );
-        Ok(image)
+        Ok((image, ImageHold { _pins: pins }))
     }
 
     /// Follows a reference to an image manifest, storing the documents on the way.
