@@ -4,8 +4,9 @@
 use std::io::Write;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -35,22 +36,59 @@ fn image_error(e: &image::ImageError) -> WireError {
     WireError::new(400, "ClientException", model::error_chain(e))
 }
 
-/// Authenticates a native JSON call and parses its body.
-fn json_call<T: serde::de::DeserializeOwned>(
-    shared: &AppState,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<T, WireError> {
-    authenticate(&shared.state, method, uri, headers, Payload::Bytes(body))?;
-    serde_json::from_slice(body).map_err(|e| {
-        WireError::new(
-            400,
-            "SerializationException",
-            format!("the request body is not valid: {e}"),
-        )
-    })
+/// Largest JSON body a native call takes.
+const MAX_JSON_BODY: usize = 1 << 20;
+
+/// A native call whose signature checked out, with its JSON body parsed.
+pub(crate) struct SignedJson<T>(T);
+
+impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for SignedJson<T> {
+    type Rejection = WireError;
+
+    async fn from_request(request: Request, shared: &AppState) -> Result<Self, WireError> {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, MAX_JSON_BODY)
+            .await
+            .map_err(|e| {
+                WireError::new(
+                    400,
+                    "SerializationException",
+                    format!("cannot read the request body: {e}"),
+                )
+            })?;
+        authenticate(
+            &shared.state,
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            Payload::Bytes(&body),
+        )?;
+        serde_json::from_slice(&body).map(SignedJson).map_err(|e| {
+            WireError::new(
+                400,
+                "SerializationException",
+                format!("the request body is not valid: {e}"),
+            )
+        })
+    }
+}
+
+/// A native call without a body whose signature checked out.
+pub(crate) struct Signed;
+
+impl FromRequestParts<AppState> for Signed {
+    type Rejection = WireError;
+
+    async fn from_request_parts(parts: &mut Parts, shared: &AppState) -> Result<Self, WireError> {
+        authenticate(
+            &shared.state,
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            Payload::Bytes(b""),
+        )?;
+        Ok(Signed)
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -62,15 +100,8 @@ pub(crate) struct ImageReference {
 /// either `image` or `error`.
 pub(crate) async fn pull_image(
     State(shared): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    SignedJson(request): SignedJson<ImageReference>,
 ) -> Response {
-    let request: ImageReference = match json_call(&shared, &method, &uri, &headers, &body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(256);
     let agent = shared.state.agent.clone();
     tokio::spawn(async move {
@@ -104,15 +135,8 @@ pub(crate) async fn pull_image(
 
 pub(crate) async fn remove_image(
     State(shared): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    SignedJson(request): SignedJson<ImageReference>,
 ) -> Response {
-    let request: ImageReference = match json_call(&shared, &method, &uri, &headers, &body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
     store_call(
         &shared,
         move |images| images.remove(&request.reference),
@@ -123,20 +147,8 @@ pub(crate) async fn remove_image(
 
 pub(crate) async fn prune_images(
     State(shared): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    _: SignedJson<serde::de::IgnoredAny>,
 ) -> Response {
-    if let Err(e) = authenticate(
-        &shared.state,
-        &method,
-        &uri,
-        &headers,
-        Payload::Bytes(&body),
-    ) {
-        return e.into_response();
-    }
     match shared.state.agent.prune_images().await {
         Ok(report) => with_request_id(
             axum::Json(json!({
@@ -160,15 +172,8 @@ pub(crate) struct Login {
 
 pub(crate) async fn registry_login(
     State(shared): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    SignedJson(login): SignedJson<Login>,
 ) -> Response {
-    let login: Login = match json_call(&shared, &method, &uri, &headers, &body) {
-        Ok(l) => l,
-        Err(e) => return e.into_response(),
-    };
     if login.host.is_empty() || login.username.is_empty() {
         return WireError::new(
             400,
@@ -190,15 +195,7 @@ pub(crate) async fn registry_login(
     }
 }
 
-pub(crate) async fn list_images(
-    State(shared): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(e) = authenticate(&shared.state, &method, &uri, &headers, Payload::Bytes(b"")) {
-        return e.into_response();
-    }
+pub(crate) async fn list_images(State(shared): State<AppState>, _: Signed) -> Response {
     store_call(&shared, |images| images.list(), |list| images_json(&list)).await
 }
 
@@ -285,13 +282,8 @@ pub(crate) async fn task_logs(
     State(shared): State<AppState>,
     Path(task_id): Path<String>,
     Query(query): Query<LogsQuery>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    _: Signed,
 ) -> Response {
-    if let Err(e) = authenticate(&shared.state, &method, &uri, &headers, Payload::Bytes(b"")) {
-        return e.into_response();
-    }
     let agent = shared.state.agent.clone();
     let not_found = |e: &dyn std::error::Error| {
         WireError::new(400, "InvalidParameterException", model::error_chain(e)).into_response()
