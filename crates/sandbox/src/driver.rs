@@ -291,17 +291,7 @@ impl ContainerDriver {
         }
         self.cgroups.remove(task_id)?;
         for path in [dir.bundles_dir(), dir.etc_dir(), dir.runtime_dir()] {
-            match std::fs::remove_dir_all(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(SandboxError::Io {
-                        action: "remove",
-                        path,
-                        source,
-                    })
-                }
-            }
+            remove_if_present(&path, |p| std::fs::remove_dir_all(p))?;
         }
         for path in [
             dir.runtime_config(),
@@ -309,17 +299,7 @@ impl ContainerDriver {
             dir.socket(),
             dir.spec(),
         ] {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(SandboxError::Io {
-                        action: "remove",
-                        path,
-                        source,
-                    })
-                }
-            }
+            remove_if_present(&path, |p| std::fs::remove_file(p))?;
         }
         tracing::info!(task_id, "task sandbox removed");
         Ok(())
@@ -401,6 +381,21 @@ fn validate_ids(spec: &TaskSpec) -> Result<(), SandboxError> {
         }
     }
     Ok(())
+}
+
+/// Removes `path` with `remove`; a path already gone is fine.
+fn remove_if_present(
+    path: &Path,
+    remove: fn(&Path) -> std::io::Result<()>,
+) -> Result<(), SandboxError> {
+    match remove(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(SandboxError::Io {
+            action: "remove",
+            path: path.to_path_buf(),
+            source: error,
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
