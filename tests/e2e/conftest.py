@@ -422,6 +422,16 @@ class Server:
                     ids.add((cluster_arn, task_id(arn)))
         return ids
 
+    def delete_all_services(self):
+        """Deletes every service (with force), so that none replaces the tasks that
+        teardown stops."""
+        clusters = self.ecs.get_paginator("list_clusters").paginate().build_full_result()
+        for cluster_arn in clusters["clusterArns"]:
+            pages = self.ecs.get_paginator("list_services").paginate(cluster=cluster_arn)
+            for arn in pages.build_full_result()["serviceArns"]:
+                with contextlib.suppress(self.ecs.exceptions.ClientError):
+                    self.ecs.delete_service(cluster=cluster_arn, service=arn, force=True)
+
     def stop_all_tasks(self, timeout=120.0):
         """Stops every task through the API and waits until all are STOPPED."""
         for cluster_arn, tid in self.all_task_ids():
@@ -441,6 +451,7 @@ class Server:
         task_ids = set()
         if self.process is not None and self.process.poll() is None:
             try:
+                self.delete_all_services()
                 task_ids |= self.stop_all_tasks()
             except Exception as error:  # noqa: BLE001 - reported below, clean-up goes on
                 problems.append(f"stopping the tasks through the API failed: {error!r}")

@@ -8,6 +8,10 @@
 //! task each distinct reference is resolved once, so every container naming it runs
 //! the same digest.
 //!
+//! A pull for a task may unpack at most the task's ephemeral storage (a decompression
+//! bomb fails the task instead of filling the disk); `skiff image pull`, for no task in
+//! particular, may unpack as much as the largest task's.
+//!
 //! Registry logins live in `<state>/registries.json` (mode 0600) and apply to the next
 //! pull without a restart.
 
@@ -18,7 +22,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use image::{Credentials, Image, ImageError, PullProgress, Registry, RegistryConfig};
+use image::{
+    Credentials, Image, ImageError, PullOptions, PullProgress, Registry, RegistryConfig,
+    MAX_EPHEMERAL_STORAGE_GIB,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{Agent, AgentError};
@@ -125,13 +132,15 @@ pub(crate) fn registry(
 }
 
 impl Agent {
-    /// The image a container of a task runs, pulled if needed (see the module's policy).
-    /// The pull's hold is released only once the image counts as the task's, so no
-    /// cache trim (this one or a concurrent pull's) can evict it before it is mounted.
+    /// The image a container of a task runs, pulled if needed (see the module's policy)
+    /// within the task's ephemeral storage. The pull's hold is released only once the
+    /// image counts as the task's, so no cache trim (this one or a concurrent pull's)
+    /// can evict it before it is mounted.
     pub(crate) async fn image_for(
         &self,
         task_id: &str,
         reference: &str,
+        ephemeral_storage_gib: u32,
     ) -> Result<Image, ImageError> {
         let images = self.images().clone();
         let owned = reference.to_string();
@@ -140,7 +149,12 @@ impl Agent {
         }
         let (image, hold) = self
             .images()
-            .pull_held(&self.inner.registry, reference, |_| {})
+            .pull_held(
+                &self.inner.registry,
+                reference,
+                PullOptions::for_ephemeral_storage(ephemeral_storage_gib),
+                |_| {},
+            )
             .await?;
         self.lock_task_images()
             .entry(task_id.to_string())
@@ -151,15 +165,18 @@ impl Agent {
         Ok(image)
     }
 
-    /// Pulls an image (progress per layer), then keeps the cache within its size.
+    /// Pulls an image (progress per layer), then keeps the cache within its size. The
+    /// image may unpack to as much as the largest task's ephemeral storage, so that
+    /// some task can run it.
     pub async fn pull_image(
         &self,
         reference: &str,
         progress: impl Fn(PullProgress) + Send + Sync,
     ) -> Result<Image, ImageError> {
+        let options = PullOptions::for_ephemeral_storage(MAX_EPHEMERAL_STORAGE_GIB);
         let image = self
             .images()
-            .pull(&self.inner.registry, reference, progress)
+            .pull(&self.inner.registry, reference, options, progress)
             .await?;
         self.trim_cache(&image.digest).await;
         Ok(image)

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use image::{Image, ImageStore};
 use model::agent::{ContainerPlan, TaskPlan};
-use supervisor::spec::{Condition, ContainerSpec, Dependency, TaskSpec};
+use supervisor::spec::{Condition, ContainerSpec, Dependency, HealthCheck, TaskSpec};
 
 const PLAN_FILE: &str = "plan.json";
 const FINISHED_FILE: &str = "finished";
@@ -199,5 +199,16 @@ fn container_spec(
     spec.cpu_shares = (c.cpu > 0).then_some(c.cpu.max(2));
     spec.nofile = c.nofile;
     spec.add_capabilities = c.add_capabilities.clone();
+    spec.health_check = c.health_check.as_ref().map(|check| HealthCheck {
+        command: check.command.clone(),
+        interval: secs(check.interval_secs),
+        timeout: secs(check.timeout_secs),
+        retries: check.retries,
+        start_period: secs(check.start_period_secs),
+    });
     Ok(spec)
+}
+
+fn secs(secs: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(u64::from(secs))
 }

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 
 use futures::StreamExt;
-use image::Image;
+use image::{Image, ImageError};
 use model::agent::{ContainerReport, TaskPlan, TaskReport};
 use model::task::{StopCode, TaskStatus};
 use sandbox::SupervisorClient;
@@ -107,16 +107,9 @@ async fn start(
             continue;
         }
         let image = agent
-            .image_for(&plan.task_id, &c.image)
+            .image_for(&plan.task_id, &c.image, plan.ephemeral_storage_gib)
             .await
-            .map_err(|e| {
-                format!(
-                    "CannotPullContainerError: pull image {} for container {}: {}",
-                    c.image,
-                    c.name,
-                    model::error_chain(&e)
-                )
-            })?;
+            .map_err(|e| pull_failure_reason(&c.image, &c.name, &e))?;
         by_reference.insert(c.image.clone(), image);
     }
     agent.pin_images(
@@ -167,6 +160,14 @@ async fn start(
         .await
         .map_err(|e| format!("CannotStartContainerError: {}", model::error_chain(&e)))?;
     Ok(Some(client))
+}
+
+/// The stoppedReason of a task whose container's image could not be had.
+fn pull_failure_reason(image: &str, container: &str, error: &ImageError) -> String {
+    format!(
+        "CannotPullContainerError: pull image {image} for container {container}: {}",
+        model::error_chain(error)
+    )
 }
 
 /// Follows the supervisor until the task has stopped, forwarding stop requests.
@@ -273,6 +274,8 @@ fn apply_status(
         } else if c.reason.is_some() {
             slot.reason.clone_from(&c.reason);
         }
+        // Not fill-only: health goes back and forth, each report carries the latest.
+        slot.health_status = c.health.as_ref().map(|h| h.status.as_str().to_owned());
     }
     let first_start = status.containers.iter().filter_map(|c| c.started_at).min();
     match status.phase {
@@ -290,20 +293,19 @@ fn apply_status(
             }
             let last_exit = status.containers.iter().filter_map(|c| c.finished_at).max();
             report.execution_stopped_at = millis(last_exit).or_else(|| Some(model::now()));
-            report.stop_code = status.stop_code.map(|code| {
-                match code {
-                    protocol::StopCode::TaskFailedToStart => StopCode::TaskFailedToStart,
-                    protocol::StopCode::EssentialContainerExited => {
-                        StopCode::EssentialContainerExited
-                    }
-                    protocol::StopCode::UserInitiated => StopCode::UserInitiated,
-                }
-                .as_str()
-                .to_string()
-            });
-            report.stopped_reason.clone_from(&status.stopped_reason);
             report.last_status = Some(TaskStatus::Deprovisioning);
         }
+    }
+    // The supervisor knows why the task stops as soon as it begins stopping: report it
+    // with STOPPING, or the control plane fills in its default stop code first.
+    if let Some(code) = status.stop_code {
+        let code = match code {
+            protocol::StopCode::TaskFailedToStart => StopCode::TaskFailedToStart,
+            protocol::StopCode::EssentialContainerExited => StopCode::EssentialContainerExited,
+            protocol::StopCode::UserInitiated => StopCode::UserInitiated,
+        };
+        report.stop_code = Some(code.as_str().to_owned());
+        report.stopped_reason.clone_from(&status.stopped_reason);
     }
     if *report != before {
         agent.report(report.clone());
@@ -356,4 +358,34 @@ pub(crate) async fn report_lost(agent: &Agent, plan: TaskPlan) {
         ..Default::default()
     };
     finish(agent, &plan, report).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_over_the_ephemeral_storage_is_a_pull_error_saying_what_to_do() {
+        let layer = image::Digest::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap();
+        let error = ImageError::Unpack {
+            layer,
+            source: image::UnpackError::TooLarge { limit: 20 << 30 },
+        };
+        let reason = pull_failure_reason("registry.local/app:1", "web", &error);
+        assert!(
+            reason.starts_with(
+                "CannotPullContainerError: pull image registry.local/app:1 for container web: \
+                 cannot unpack layer sha256:abab"
+            ),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("unpack to more than 20 GiB, the task's ephemeral storage"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("raise the task definition's ephemeralStorage.sizeInGiB (up to 200)"),
+            "{reason}"
+        );
+    }
 }

@@ -9,9 +9,15 @@
 //! `x-amz-content-sha256: UNSIGNED-PAYLOAD` so a large body streams without being hashed
 //! first.
 //!
+//! Query protocol services (ELBv2) go through [`EcsClient::query`]: a form body
+//! `Action=..&Version=..&members`, signed for the service's own signing name, whose XML
+//! result is returned as JSON (lists of `member` become arrays, elements with children
+//! objects, the rest strings).
+//!
 //! Failures keep the server's meaning: an error response `{"__type", "message"}` becomes
 //! [`ClientError::Service`] with the namespace prefix (`com.amazonaws.ecs#`) stripped as
-//! botocore does, and a refused connection says the server is not running.
+//! botocore does (an XML `<Error><Code>` likewise), and a refused connection says the
+//! server is not running.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -109,6 +115,7 @@ impl EcsClient {
                 Method::POST,
                 self.endpoint.clone(),
                 headers,
+                sigv4::ECS_SERVICE,
                 &payload_sha256,
                 Some(body.into()),
             )
@@ -130,8 +137,15 @@ impl EcsClient {
     pub async fn get(&self, path_and_query: &str) -> Result<Response, ClientError> {
         let url = self.native_url(path_and_query)?;
         let empty = sigv4::sha256_hex(b"");
-        self.send(Method::GET, url, HeaderMap::new(), &empty, None)
-            .await
+        self.send(
+            Method::GET,
+            url,
+            HeaderMap::new(),
+            sigv4::ECS_SERVICE,
+            &empty,
+            None,
+        )
+        .await
     }
 
     /// A signed `POST` of `body` to a native endpoint, streamed: the payload is declared
@@ -156,10 +170,61 @@ impl EcsClient {
             Method::POST,
             url,
             headers,
+            sigv4::ECS_SERVICE,
             sigv4::UNSIGNED_PAYLOAD,
             Some(body),
         )
         .await
+    }
+
+    /// Calls the Query protocol action `action` of the service signed as `service`
+    /// (e.g. `elasticloadbalancing`, version `2015-12-01`) with form `members`
+    /// (`Targets.member.1.Id`...); returns the `<{action}Result>` element as JSON.
+    pub async fn query(
+        &self,
+        service: &str,
+        version: &str,
+        action: &str,
+        members: &[(String, String)],
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("Action", action)
+            .append_pair("Version", version)
+            .extend_pairs(members)
+            .finish();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded; charset=utf-8"),
+        );
+        let payload_sha256 = sigv4::sha256_hex(body.as_bytes());
+        let response = self
+            .send(
+                Method::POST,
+                self.endpoint.clone(),
+                headers,
+                service,
+                &payload_sha256,
+                Some(body.into()),
+            )
+            .await?;
+        tracing::debug!(action, status = %response.status(), "Query call");
+        let text = response
+            .text()
+            .await
+            .map_err(|source| self.transport_error(source))?;
+        let decode_error = |reason: String| ClientError::DecodeXml {
+            operation: action.to_owned(),
+            reason,
+        };
+        let document =
+            roxmltree::Document::parse(&text).map_err(|e| decode_error(e.to_string()))?;
+        let result_name = format!("{action}Result");
+        let result = document
+            .root_element()
+            .children()
+            .find(|n| n.has_tag_name(result_name.as_str()));
+        Ok(result.map_or_else(|| serde_json::json!({}), xml_to_json))
     }
 
     fn native_url(&self, path_and_query: &str) -> Result<Url, ClientError> {
@@ -184,6 +249,7 @@ impl EcsClient {
         method: Method,
         url: Url,
         mut headers: HeaderMap,
+        service: &str,
         payload_sha256: &str,
         body: Option<Body>,
     ) -> Result<Response, ClientError> {
@@ -198,7 +264,7 @@ impl EcsClient {
             &SigningParams {
                 credentials: &self.credentials,
                 region: &self.region,
-                service: sigv4::ECS_SERVICE,
+                service,
                 time: Utc::now(),
                 payload_sha256,
                 content_sha256_header: payload_sha256 == sigv4::UNSIGNED_PAYLOAD,
@@ -254,14 +320,9 @@ fn host_header(url: &Url) -> HeaderValue {
 /// protocol errors: `__type` from the body, else the `x-amzn-ErrorType` header, cut at
 /// `:` and after the last `#`.
 fn error_from_response(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ClientError {
-    #[derive(Deserialize)]
-    struct ErrorBody {
-        #[serde(rename = "__type")]
-        kind: Option<String>,
-        #[serde(alias = "Message")]
-        message: Option<String>,
-    }
-    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+    let parsed: Option<ErrorBody> = serde_json::from_slice(body)
+        .ok()
+        .or_else(|| xml_error(body));
     let header_kind = headers
         .get("x-amzn-errortype")
         .and_then(|value| value.to_str().ok())
@@ -293,6 +354,54 @@ fn error_from_response(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> 
                 .collect(),
         },
     }
+}
+
+/// Converts an XML element to JSON: `member` (or EC2's `item`) children make an array,
+/// other children an object, text a string.
+fn xml_to_json(node: roxmltree::Node<'_, '_>) -> serde_json::Value {
+    let children: Vec<_> = node.children().filter(|n| n.is_element()).collect();
+    if children.is_empty() {
+        return serde_json::Value::String(node.text().unwrap_or_default().to_owned());
+    }
+    if children
+        .iter()
+        .all(|c| matches!(c.tag_name().name(), "member" | "item"))
+    {
+        return serde_json::Value::Array(children.into_iter().map(xml_to_json).collect());
+    }
+    serde_json::Value::Object(
+        children
+            .into_iter()
+            .map(|c| (c.tag_name().name().to_owned(), xml_to_json(c)))
+            .collect(),
+    )
+}
+
+/// Reads a Query protocol error (`<ErrorResponse><Error><Code>…<Message>…`) into the
+/// JSON error's fields.
+fn xml_error(body: &[u8]) -> Option<ErrorBody> {
+    let text = std::str::from_utf8(body).ok()?;
+    let document = roxmltree::Document::parse(text).ok()?;
+    let error = document.descendants().find(|n| n.has_tag_name("Error"))?;
+    let field = |name: &str| {
+        error
+            .children()
+            .find(|n| n.has_tag_name(name))
+            .and_then(|n| n.text())
+            .map(str::to_owned)
+    };
+    Some(ErrorBody {
+        kind: Some(field("Code")?),
+        message: field("Message"),
+    })
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "__type")]
+    kind: Option<String>,
+    #[serde(alias = "Message")]
+    message: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -355,6 +464,9 @@ pub enum ClientError {
         #[source]
         source: serde_json::Error,
     },
+
+    #[error("the {operation} response is not the XML document expected ({reason}): are the client and server versions compatible?")]
+    DecodeXml { operation: String, reason: String },
 
     #[error("cannot initialise the HTTP client")]
     HttpClient(#[source] reqwest::Error),

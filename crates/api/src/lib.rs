@@ -1,4 +1,5 @@
-//! The ECS wire protocol, both sides of it.
+//! The ECS wire protocol, both sides of it, and the AWS Query protocol ([`query`]) that
+//! serves the ELBv2 API (`elbv2`) beside it.
 //!
 //! The server side (request/response shapes, error mapping, the HTTP router) verifies
 //! every request with [`sigv4`]; the client side ([`client`], used by the `skiff` CLI)
@@ -7,7 +8,9 @@
 
 pub mod client;
 pub mod credentials;
+mod elbv2;
 mod metrics;
 mod native;
+pub mod query;
 pub mod server;
 pub mod sigv4;

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! POST /                               ECS: X-Amz-Target AmazonEC2ContainerServiceV20141113.<Op>
+//! POST /  (form-encoded, no target)    AWS Query protocol, by Version: ELBv2 (2015-12-01)
 //! POST /skiff/v1/images/load           import a docker-save / OCI layout tarball (streamed)
 //! GET  /skiff/v1/images                list images
 //! POST /skiff/v1/images/pull           pull {reference}: progress as JSON lines
@@ -15,7 +16,8 @@
 //! ```
 //!
 //! The router only authenticates, parses and renders: operations are [`model::ops::Request`]
-//! messages handled by [`control::Control`]; images and logs are the agent's.
+//! messages handled by [`control::Control`]; images and logs are the agent's; ELBv2 calls
+//! are [`lb::Balancer`]'s.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +34,7 @@ use serde_json::json;
 
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
+use crate::query::QueryFault;
 use crate::sigv4::{self, Payload, RequestParts, VerifyParams};
 
 const TARGET_PREFIX: &str = "AmazonEC2ContainerServiceV20141113.";
@@ -60,6 +63,7 @@ impl Keys {
 pub struct ApiState {
     pub control: control::Control,
     pub agent: agent::Agent,
+    pub balancer: lb::Balancer,
     pub keys: Keys,
     pub region: String,
 }
@@ -78,7 +82,7 @@ pub fn router(state: ApiState) -> Router {
         metrics: Metrics::default(),
     });
     Router::new()
-        .route("/", post(ecs))
+        .route("/", post(root))
         .route("/skiff/v1/images", get(crate::native::list_images))
         .route("/skiff/v1/images/load", post(crate::native::load_image))
         .route("/skiff/v1/images/pull", post(crate::native::pull_image))
@@ -128,9 +132,21 @@ pub(crate) fn with_request_id(mut response: Response) -> Response {
     response
 }
 
-/// Verifies the request's signature against the server's keys.
+/// Verifies the request's signature (for the ECS signing name) against the server's keys.
 pub(crate) fn authenticate(
     state: &ApiState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    payload: Payload<'_>,
+) -> Result<String, WireError> {
+    authenticate_as(state, sigv4::ECS_SERVICE, method, uri, headers, payload)
+}
+
+/// Verifies the request's signature for the signing name `service`.
+pub(crate) fn authenticate_as(
+    state: &ApiState,
+    service: &str,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -143,7 +159,7 @@ pub(crate) fn authenticate(
         headers,
     };
     let params = VerifyParams {
-        service: sigv4::ECS_SERVICE,
+        service,
         region: Some(&state.region),
         now: chrono::Utc::now(),
     };
@@ -154,6 +170,84 @@ pub(crate) fn authenticate(
             tracing::info!(error = %e, "request refused: bad signature");
             WireError::new(e.http_status(), kind, message)
         })
+}
+
+/// `POST /`: a form-encoded body without `X-Amz-Target` is the Query protocol; anything
+/// else is ECS's JSON protocol.
+async fn root(
+    State(shared): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(crate::query::FORM_CONTENT_TYPE));
+    if form && !headers.contains_key("x-amz-target") {
+        query(&shared, &method, &uri, &headers, &body).await
+    } else {
+        ecs(State(shared), method, uri, headers, body).await
+    }
+}
+
+/// Serves one Query protocol request: the `Version` picks the service.
+async fn query(
+    shared: &Shared,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let started = Instant::now();
+    let request_id = model::arn::new_uuid();
+    let request = match crate::query::QueryRequest::parse(body) {
+        Ok(request) => request,
+        Err(e) => {
+            shared
+                .metrics
+                .record("unknown", e.code(), started.elapsed());
+            return QueryFault::from(e).into_response(&request_id);
+        }
+    };
+    let (service, namespace) = match request.version.as_str() {
+        crate::elbv2::VERSION => (crate::elbv2::SIGNING_NAME, crate::elbv2::NAMESPACE),
+        other => {
+            let fault = QueryFault::new(
+                400,
+                "InvalidAction",
+                format!("API version {other} is not served here: Skiff speaks ELBv2 (2015-12-01) over the Query protocol"),
+            );
+            return fault.into_response(&request_id);
+        }
+    };
+    let outcome = match authenticate_as(
+        &shared.state,
+        service,
+        method,
+        uri,
+        headers,
+        Payload::Bytes(body),
+    ) {
+        Ok(_) => crate::elbv2::handle(&shared.state, &request).await,
+        Err(e) => Err(QueryFault::new(e.status.as_u16(), e.kind, e.message)),
+    };
+    match outcome {
+        Ok(result) => {
+            shared
+                .metrics
+                .record(&request.action, "ok", started.elapsed());
+            let xml = crate::query::response(&request.action, namespace, result, &request_id);
+            crate::query::xml_response(StatusCode::OK, xml, &request_id)
+        }
+        Err(fault) => {
+            shared
+                .metrics
+                .record(&request.action, fault.code, started.elapsed());
+            fault.into_response(&request_id)
+        }
+    }
 }
 
 async fn ecs(

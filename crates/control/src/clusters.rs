@@ -93,6 +93,12 @@ impl Control {
         cluster.running_tasks_count =
             live.clone().filter(|s| *s == TaskStatus::Running).count() as u32;
         cluster.pending_tasks_count = live.filter(|s| s.is_pending()).count() as u32;
+        cluster.active_services_count = self
+            .services_of(&cluster.cluster_name)
+            .await?
+            .iter()
+            .filter(|s| s.value.service.status == "ACTIVE")
+            .count() as u32;
         cluster.statistics = vec![
             KeyValuePair {
                 name: "runningFargateTasksCount".into(),
@@ -185,6 +191,18 @@ impl Control {
             return Err(EcsError::ClusterContainsTasks(format!(
                 "The cluster cannot be deleted while tasks are active: stop its {} task(s) first (skiff ps --cluster {}).",
                 cluster.running_tasks_count + cluster.pending_tasks_count,
+                cluster.cluster_name
+            )));
+        }
+        let services = self
+            .services_of(&cluster.cluster_name)
+            .await?
+            .into_iter()
+            .filter(|s| s.value.service.status != "INACTIVE")
+            .count();
+        if services > 0 {
+            return Err(EcsError::ClusterContainsServices(format!(
+                "The cluster cannot be deleted while services are active or draining: delete its {services} service(s) first and wait until they are INACTIVE (skiff service ls --cluster {}).",
                 cluster.cluster_name
             )));
         }

@@ -11,6 +11,7 @@
 //! taskdefs/<family>/<revision:010>     TaskDefinition + tags
 //! tasks/<cluster>/<task id>            TaskRecord (the Task, its plan, its placement)
 //! tokens/<cluster>/<client token>      RunTask idempotency record
+//! services/<cluster>/<name>            ServiceRecord (the Service and its scheduler state)
 //! ```
 //!
 //! Agents are reached through [`model::agent`] messages (see [`Control::attach_agent`]).
@@ -18,6 +19,7 @@
 mod clusters;
 mod ipam;
 mod reports;
+mod services;
 mod tags;
 mod task_definitions;
 mod tasks;
@@ -60,6 +62,7 @@ struct Inner {
     agent: std::sync::Mutex<Option<mpsc::UnboundedSender<ToAgent>>>,
     /// Serialises address allocation with the task writes that claim the addresses.
     ipam: Mutex<ipam::Ipam>,
+    scheduler: services::SchedulerHandle,
 }
 
 impl Control {
@@ -72,6 +75,7 @@ impl Control {
                 config,
                 agent: std::sync::Mutex::new(None),
                 ipam: Mutex::new(ipam),
+                scheduler: services::SchedulerHandle::default(),
             }),
         };
         control.rebuild_ipam().await?;
@@ -84,6 +88,10 @@ impl Control {
 
     fn scope(&self) -> &Scope {
         &self.inner.config.scope
+    }
+
+    fn scheduler(&self) -> &services::SchedulerHandle {
+        &self.inner.scheduler
     }
 
     /// Serves one ECS operation.
@@ -109,13 +117,18 @@ impl Control {
             Request::TagResource(r) => respond(self.tag_resource(r).await),
             Request::UntagResource(r) => respond(self.untag_resource(r).await),
             Request::ListTagsForResource(r) => respond(self.list_tags_for_resource(r).await),
+            Request::CreateService(r) => respond(self.create_service(r).await),
+            Request::UpdateService(r) => respond(self.update_service(r).await),
+            Request::DeleteService(r) => respond(self.delete_service(r).await),
+            Request::DescribeServices(r) => respond(self.describe_services(r).await),
+            Request::ListServices(r) => respond(self.list_services(r).await),
         }
     }
 
     /// Connects an agent: `to_agent` carries the control plane's messages, `from_agent`
     /// the agent's. Spawns the loop that applies the agent's reports; the agent's
     /// `Hello` is answered with a `Sync` of every task placed on it. Also starts the
-    /// loop that forgets stopped tasks past their retention.
+    /// loop that forgets stopped tasks past their retention and the service scheduler.
     pub fn attach_agent(
         &self,
         to_agent: mpsc::UnboundedSender<ToAgent>,
@@ -126,10 +139,13 @@ impl Control {
         tokio::spawn(async move {
             let retention = control.clone();
             let sweeper = tokio::spawn(async move { retention.forget_expired_loop().await });
+            let scheduling = control.clone();
+            let scheduler = tokio::spawn(async move { scheduling.run_scheduler().await });
             while let Some(message) = from_agent.recv().await {
                 control.on_agent_message(message).await;
             }
             sweeper.abort();
+            scheduler.abort();
             tracing::warn!("agent disconnected from the control plane");
         })
     }
@@ -148,6 +164,17 @@ fn respond<T: Serialize>(result: Result<T, EcsError>) -> Result<serde_json::Valu
         serde_json::to_value(value)
             .map_err(|e| EcsError::Server(format!("cannot encode the response: {e}")))
     })
+}
+
+/// A digest of a request without its `clientToken`: the same token with another
+/// request is a conflict, the same request is a retry.
+fn fingerprint<T: Serialize>(request: &T) -> String {
+    use sha2::{Digest, Sha256};
+    let mut value = serde_json::to_value(request).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("clientToken");
+    }
+    hex::encode(Sha256::digest(value.to_string()))
 }
 
 /// A store failure is the server's fault: logged in full, reported without internals.

@@ -1,9 +1,14 @@
 //! The agent's side of the conversation: its `Hello` is answered with a `Sync`, its
 //! reports are merged into task records, and stopped tasks past retention are forgotten.
+//!
+//! Merging is monotonic (states only move forward, fields are only filled in) except for
+//! container health, which follows the latest report; the task's `healthStatus` is then
+//! recomputed from its containers by [`task_health_status`]. A task's version moves only
+//! when a merge changed something.
 
-use model::agent::{FromAgent, TaskReport, ToAgent};
+use model::agent::{FromAgent, TaskPlan, TaskReport, ToAgent};
 use model::arn::Resource;
-use model::task::{StopCode, TaskStatus};
+use model::task::{Container, StopCode, TaskStatus};
 use store::{Expect, StoreJsonExt};
 
 use crate::{internal, Control, TaskRecord};
@@ -62,8 +67,8 @@ impl Control {
         Ok(())
     }
 
-    /// Merges a report: states only move forward, fields are only filled in, and the
-    /// first reason a task stopped for is the one it keeps.
+    /// Merges a report: states only move forward, fields other than container health are
+    /// only filled in, and the first reason a task stopped for is the one it keeps.
     pub(crate) async fn apply_report(&self, report: TaskReport) -> Result<(), model::EcsError> {
         let Ok(Resource::Task { cluster, id }) = self.scope().parse(&report.task_arn) else {
             tracing::warn!(task_arn = %report.task_arn, "report for an unknown task ARN");
@@ -74,6 +79,11 @@ impl Control {
             .update_task(&cluster, &id, |rec| {
                 let before = rec.task.clone();
                 merge(&mut rec.task, &report);
+                let health = task_health_status(&rec.plan, &rec.task.containers);
+                if rec.task.health_status != health {
+                    tracing::info!(task_id = %id, cluster = %cluster, health, "task health changed");
+                    rec.task.health_status = health.to_owned();
+                }
                 if rec.task.last_status == TaskStatus::Stopped
                     && before.last_status != TaskStatus::Stopped
                 {
@@ -188,6 +198,9 @@ fn merge(task: &mut model::task::Task, report: &TaskReport) {
         fill(&mut container.image_digest, c.image_digest.clone());
         fill(&mut container.exit_code, c.exit_code);
         fill(&mut container.reason, c.reason.clone());
+        if let Some(health) = &c.health_status {
+            container.health_status.clone_from(health);
+        }
     }
     if task.last_status >= TaskStatus::Deactivating || task.execution_stopped_at.is_some() {
         task.desired_status = TaskStatus::Stopped;
@@ -203,8 +216,231 @@ fn merge(task: &mut model::task::Task, report: &TaskReport) {
     }
 }
 
+/// ECS's task health: UNHEALTHY if any essential container with a health check is
+/// UNHEALTHY; HEALTHY if there is at least one such container and all of them are
+/// HEALTHY; UNKNOWN otherwise. Containers without a health check, and non-essential ones,
+/// do not count.
+pub(crate) fn task_health_status(plan: &TaskPlan, containers: &[Container]) -> &'static str {
+    let mut checked = 0;
+    let mut healthy = 0;
+    for planned in plan
+        .containers
+        .iter()
+        .filter(|c| c.essential && c.health_check.is_some())
+    {
+        checked += 1;
+        let status = containers
+            .iter()
+            .find(|c| c.name == planned.name)
+            .map_or(HEALTH_UNKNOWN, |c| c.health_status.as_str());
+        match status {
+            HEALTH_UNHEALTHY => return HEALTH_UNHEALTHY,
+            HEALTH_HEALTHY => healthy += 1,
+            _ => {}
+        }
+    }
+    if checked > 0 && healthy == checked {
+        HEALTH_HEALTHY
+    } else {
+        HEALTH_UNKNOWN
+    }
+}
+
+const HEALTH_HEALTHY: &str = "HEALTHY";
+const HEALTH_UNHEALTHY: &str = "UNHEALTHY";
+const HEALTH_UNKNOWN: &str = "UNKNOWN";
+
 fn fill<T>(slot: &mut Option<T>, value: Option<T>) {
     if slot.is_none() {
         *slot = value;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use model::agent::{ContainerPlan, ContainerReport, HealthCheckPlan, NetworkPlan};
+    use serde_json::json;
+
+    use super::*;
+    use crate::test_support::Harness;
+
+    fn check() -> HealthCheckPlan {
+        HealthCheckPlan {
+            command: vec!["true".into()],
+            interval_secs: 5,
+            timeout_secs: 2,
+            retries: 1,
+            start_period_secs: 0,
+        }
+    }
+
+    /// A plan and its containers from (name, essential, has a check, health status).
+    fn task(containers: &[(&str, bool, bool, &str)]) -> (TaskPlan, Vec<Container>) {
+        let plan = TaskPlan {
+            task_id: "0".repeat(32),
+            task_arn: "arn".into(),
+            cluster: "demo".into(),
+            family: "web".into(),
+            revision: 1,
+            cpu_units: 256,
+            memory_mib: 512,
+            ephemeral_storage_gib: 20,
+            network: NetworkPlan {
+                address: "10.1.0.2".parse().unwrap(),
+                prefix_len: 24,
+                gateway: "10.1.0.1".parse().unwrap(),
+                subnet_id: "subnet".into(),
+                attachment_id: "attachment".into(),
+            },
+            containers: containers
+                .iter()
+                .map(|(name, essential, checked, _)| ContainerPlan {
+                    name: name.to_string(),
+                    image: "busybox".into(),
+                    entry_point: vec![],
+                    command: None,
+                    environment: vec![],
+                    working_directory: None,
+                    user: None,
+                    essential: *essential,
+                    depends_on: vec![],
+                    readonly_root_filesystem: false,
+                    stop_timeout_secs: 30,
+                    cpu: 0,
+                    memory_mib: None,
+                    memory_reservation_mib: None,
+                    nofile: None,
+                    add_capabilities: vec![],
+                    health_check: checked.then(check),
+                })
+                .collect(),
+            last_status: TaskStatus::Running,
+        };
+        let records = containers
+            .iter()
+            .map(|(name, _, _, health)| {
+                serde_json::from_value(json!({
+                    "containerArn": "c", "taskArn": "arn", "name": name, "image": "busybox",
+                    "lastStatus": "RUNNING", "healthStatus": health, "cpu": "0"
+                }))
+                .unwrap()
+            })
+            .collect();
+        (plan, records)
+    }
+
+    fn health(containers: &[(&str, bool, bool, &str)]) -> &'static str {
+        let (plan, records) = task(containers);
+        task_health_status(&plan, &records)
+    }
+
+    #[test]
+    fn task_health_follows_the_essential_checked_containers() {
+        // No container with a check: nothing to go by.
+        assert_eq!(health(&[("a", true, false, "UNKNOWN")]), "UNKNOWN");
+        assert_eq!(health(&[("a", true, true, "UNKNOWN")]), "UNKNOWN");
+        assert_eq!(health(&[("a", true, true, "HEALTHY")]), "HEALTHY");
+        assert_eq!(health(&[("a", true, true, "UNHEALTHY")]), "UNHEALTHY");
+        // Every checked essential container must be healthy; one unhealthy wins.
+        let mixed = [("a", true, true, "HEALTHY"), ("b", true, true, "UNKNOWN")];
+        assert_eq!(health(&mixed), "UNKNOWN");
+        let mixed = [("a", true, true, "UNHEALTHY"), ("b", true, true, "UNKNOWN")];
+        assert_eq!(health(&mixed), "UNHEALTHY");
+        // Containers without checks and non-essential ones are ignored.
+        let ignored = [
+            ("a", true, true, "HEALTHY"),
+            ("b", true, false, "UNKNOWN"),
+            ("c", false, true, "UNHEALTHY"),
+        ];
+        assert_eq!(health(&ignored), "HEALTHY");
+        assert_eq!(health(&[("c", false, true, "HEALTHY")]), "UNKNOWN");
+    }
+
+    fn health_report(arn: &str, status: &str) -> TaskReport {
+        TaskReport {
+            containers: vec![ContainerReport {
+                name: "app".into(),
+                last_status: "RUNNING".into(),
+                health_status: Some(status.into()),
+                ..Default::default()
+            }],
+            ..Harness::status_report(arn, TaskStatus::Running)
+        }
+    }
+
+    #[tokio::test]
+    async fn container_health_moves_both_ways_and_only_changes_bump_the_version() {
+        let h = Harness::new().await;
+        h.call("CreateCluster", json!({"clusterName": "demo"}))
+            .await
+            .unwrap();
+        h.call(
+            "RegisterTaskDefinition",
+            json!({
+                "family": "web", "cpu": "256", "memory": "512",
+                "requiresCompatibilities": ["FARGATE"], "networkMode": "awsvpc",
+                "containerDefinitions": [{"name": "app", "image": "busybox",
+                    "healthCheck": {"command": ["CMD-SHELL", "test -f /ok"], "interval": 5}}]
+            }),
+        )
+        .await
+        .unwrap();
+        let tasks = h
+            .run(json!({"cluster": "demo", "taskDefinition": "web", "launchType": "FARGATE"}))
+            .await;
+        let arn = tasks[0].task_arn.clone();
+        assert_eq!(tasks[0].health_status, "UNKNOWN");
+        let plan = h
+            .control
+            .task_record("demo", tasks[0].id())
+            .await
+            .unwrap()
+            .unwrap()
+            .plan;
+        assert_eq!(
+            plan.containers[0].health_check,
+            Some(HealthCheckPlan {
+                command: vec!["/bin/sh".into(), "-c".into(), "test -f /ok".into()],
+                interval_secs: 5,
+                timeout_secs: 5,
+                retries: 3,
+                start_period_secs: 0,
+            })
+        );
+
+        h.report(health_report(&arn, "HEALTHY")).await;
+        let t = h.describe(&arn).await;
+        assert_eq!(
+            (
+                t.health_status.as_str(),
+                t.containers[0].health_status.as_str()
+            ),
+            ("HEALTHY", "HEALTHY")
+        );
+        // The same report again changes nothing: no new version.
+        let version = t.version;
+        h.control
+            .apply_report(health_report(&arn, "HEALTHY"))
+            .await
+            .unwrap();
+        assert_eq!(h.describe(&arn).await.version, version);
+
+        h.report(health_report(&arn, "UNHEALTHY")).await;
+        let t = h.describe(&arn).await;
+        assert_eq!(t.version, version + 1);
+        assert_eq!(
+            (
+                t.health_status.as_str(),
+                t.containers[0].health_status.as_str()
+            ),
+            ("UNHEALTHY", "UNHEALTHY")
+        );
+        assert_eq!(
+            t.last_status,
+            TaskStatus::Running,
+            "health never stops a task"
+        );
+        h.report(health_report(&arn, "HEALTHY")).await;
+        assert_eq!(h.describe(&arn).await.health_status, "HEALTHY");
     }
 }

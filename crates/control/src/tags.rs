@@ -9,6 +9,7 @@ use model::EcsError;
 use store::{Expect, StoreError, StoreJsonExt};
 
 use crate::clusters::cluster_key;
+use crate::services::{service_key, ServiceRecord};
 use crate::task_definitions::{revision_key, StoredTaskDefinition};
 use crate::tasks::task_key;
 use crate::{internal, Control, TaskRecord};
@@ -74,6 +75,14 @@ impl Control {
                 .ok_or_else(not_found),
             Resource::Task { cluster, id } => self
                 .edit_json::<TaskRecord>(&task_key(&cluster, &id), |t| &mut t.task.tags, &edit)
+                .await?
+                .ok_or_else(not_found),
+            Resource::Service { cluster, name } => self
+                .edit_json::<ServiceRecord>(
+                    &service_key(&cluster, &name),
+                    |s| &mut s.service.tags,
+                    &edit,
+                )
                 .await?
                 .ok_or_else(not_found),
         }

@@ -5,14 +5,13 @@
 //! a concurrent DeleteCluster cannot leave tasks in a deleted cluster. Only then are the
 //! plans sent to the agent; a plan lost in a crash is re-sent by the next `Sync`.
 
-use model::agent::{ContainerPlan, NetworkPlan, TaskPlan, ToAgent};
+use model::agent::{ContainerPlan, HealthCheckPlan, NetworkPlan, TaskPlan, ToAgent};
 use model::ops::*;
 use model::tag::validate_tags;
 use model::task::*;
 use model::task_definition::{ContainerDefinition, EphemeralStorage, KeyValue, TaskDefinition};
 use model::{arn, validate, EcsError};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use store::{Expect, Op, StoreError, StoreJsonExt};
 
 use crate::clusters::cluster_key;
@@ -44,15 +43,29 @@ pub(crate) fn task_key(cluster: &str, task_id: &str) -> String {
 
 impl Control {
     pub(crate) async fn run_task(&self, r: RunTaskRequest) -> Result<RunTaskResponse, EcsError> {
+        self.start_tasks(r, false).await
+    }
+
+    /// RunTask's work. A service's launches may run a task definition deregistered
+    /// since the deployment began (`for_service`), as ECS services keep doing.
+    pub(crate) async fn start_tasks(
+        &self,
+        r: RunTaskRequest,
+        for_service: bool,
+    ) -> Result<RunTaskResponse, EcsError> {
         let count = r.count.unwrap_or(1);
         if !(1..=MAX_RUN_COUNT).contains(&count) {
             return Err(EcsError::InvalidParameter(format!(
                 "count must be between 1 and {MAX_RUN_COUNT}; {count} was given."
             )));
         }
-        let capacity_provider = launch_target(&r)?;
+        let capacity_provider =
+            launch_target(r.launch_type.as_deref(), &r.capacity_provider_strategy)?;
         validate_tags(&r.tags)?;
-        let subnet_id = network_subnet(&r, &self.inner.config.default_subnet_id)?;
+        let subnet_id = network_subnet(
+            r.network_configuration.as_ref(),
+            &self.inner.config.default_subnet_id,
+        )?;
         if let Some(token) = &r.client_token {
             if token.is_empty() || token.len() > 64 {
                 return Err(EcsError::InvalidParameter(
@@ -68,7 +81,7 @@ impl Control {
             .await?
             .value
             .definition;
-        if definition.status.as_deref() != Some("ACTIVE") {
+        if !for_service && definition.status.as_deref() != Some("ACTIVE") {
             return Err(EcsError::Client(format!(
                 "TaskDefinition is inactive: {} was deregistered; register a new revision or run an active one.",
                 r.task_definition
@@ -86,7 +99,7 @@ impl Control {
             .client_token
             .as_ref()
             .map(|t| format!("tokens/{cluster_name}/{t}"));
-        let fingerprint = fingerprint(&r);
+        let fingerprint = crate::fingerprint(&r);
         if let Some(key) = &token_key {
             if let Some(seen) = self
                 .store()
@@ -347,7 +360,12 @@ impl Control {
                 .put_json(&key, &record, Expect::Revision(current.mod_revision))
                 .await
             {
-                Ok(_) => return Ok(Some(record)),
+                Ok(_) => {
+                    if record.task.group.is_some() {
+                        self.scheduler().wake();
+                    }
+                    return Ok(Some(record));
+                }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(internal(e)),
             }
@@ -370,32 +388,55 @@ impl Control {
                 "The stop reason must be at most 255 characters.".into(),
             ));
         }
-        let mut newly_stopping = false;
         let record = self
-            .update_task(&cluster, &task_id, |rec| {
-                let t = &mut rec.task;
-                if t.desired_status == TaskStatus::Stopped {
-                    return false;
-                }
-                t.desired_status = TaskStatus::Stopped;
-                t.stop_code
-                    .get_or_insert_with(|| StopCode::UserInitiated.as_str().into());
-                t.stopped_reason.get_or_insert_with(|| reason.clone());
-                t.stopping_at.get_or_insert_with(model::now);
-                newly_stopping = true;
-                true
-            })
+            .request_stop(&cluster, &task_id, StopCode::UserInitiated, &reason)
             .await?
             .ok_or_else(|| {
                 EcsError::InvalidParameter(format!(
                     "The referenced task was not found: no task {task_id} in cluster {cluster}."
                 ))
             })?;
-        if newly_stopping {
-            tracing::info!(task_id = %task_id, cluster = %cluster, reason = %reason, "task stop requested");
-            self.send_to_agent(ToAgent::Stop { task_id, reason });
-        }
         Ok(StopTaskResponse { task: record.task })
+    }
+
+    /// Sets a task's desired status to STOPPED (first stop code and reason win) and
+    /// tells the agent; a task already asked to stop is left as it is.
+    pub(crate) async fn request_stop(
+        &self,
+        cluster: &str,
+        task_id: &str,
+        code: StopCode,
+        reason: &str,
+    ) -> Result<Option<TaskRecord>, EcsError> {
+        let mut newly_stopping = false;
+        let record = self
+            .update_task(cluster, task_id, |rec| {
+                let t = &mut rec.task;
+                if t.desired_status == TaskStatus::Stopped {
+                    return false;
+                }
+                t.desired_status = TaskStatus::Stopped;
+                t.stop_code.get_or_insert_with(|| code.as_str().into());
+                t.stopped_reason.get_or_insert_with(|| reason.to_string());
+                t.stopping_at.get_or_insert_with(model::now);
+                newly_stopping = true;
+                true
+            })
+            .await?;
+        if newly_stopping {
+            tracing::info!(
+                task_id,
+                cluster,
+                reason,
+                stop_code = code.as_str(),
+                "task stop requested"
+            );
+            self.send_to_agent(ToAgent::Stop {
+                task_id: task_id.to_string(),
+                reason: reason.to_string(),
+            });
+        }
+        Ok(record)
     }
 
     pub(crate) async fn describe_tasks(
@@ -514,19 +555,22 @@ impl Control {
 }
 
 /// The capacity provider named, or None for `launchType: FARGATE`.
-fn launch_target(r: &RunTaskRequest) -> Result<Option<String>, EcsError> {
-    if r.launch_type.is_some() && !r.capacity_provider_strategy.is_empty() {
+pub(crate) fn launch_target(
+    launch_type: Option<&str>,
+    strategy: &[serde_json::Value],
+) -> Result<Option<String>, EcsError> {
+    if launch_type.is_some() && !strategy.is_empty() {
         return Err(EcsError::InvalidParameter(
             "Specifying both a launch type and capacity provider strategy is not supported: give one of them.".into(),
         ));
     }
-    if let Some(lt) = r.launch_type.as_deref().filter(|lt| *lt != "FARGATE") {
+    if let Some(lt) = launch_type.filter(|lt| *lt != "FARGATE") {
         return Err(EcsError::InvalidParameter(format!(
             "Launch type {lt} is not supported: Skiff runs tasks with the FARGATE launch type."
         )));
     }
     let mut provider = None;
-    for item in &r.capacity_provider_strategy {
+    for item in strategy {
         let name = item
             .get("capacityProvider")
             .and_then(|v| v.as_str())
@@ -541,12 +585,12 @@ fn launch_target(r: &RunTaskRequest) -> Result<Option<String>, EcsError> {
     Ok(provider)
 }
 
-fn network_subnet(r: &RunTaskRequest, default: &str) -> Result<String, EcsError> {
-    let Some(vpc) = r
-        .network_configuration
-        .as_ref()
-        .and_then(|n| n.awsvpc_configuration.as_ref())
-    else {
+/// The subnet a task's interface goes in; checks the awsvpc configuration's limits.
+pub(crate) fn network_subnet(
+    network: Option<&NetworkConfiguration>,
+    default: &str,
+) -> Result<String, EcsError> {
+    let Some(vpc) = network.and_then(|n| n.awsvpc_configuration.as_ref()) else {
         return Ok(default.to_string());
     };
     if vpc.subnets.len() > 16 {
@@ -564,13 +608,6 @@ fn network_subnet(r: &RunTaskRequest, default: &str) -> Result<String, EcsError>
         .first()
         .cloned()
         .unwrap_or_else(|| default.to_string()))
-}
-
-fn fingerprint(r: &RunTaskRequest) -> String {
-    let mut r = r.clone();
-    r.client_token = None;
-    let encoded = serde_json::to_vec(&r).unwrap_or_default();
-    hex::encode(Sha256::digest(encoded))
 }
 
 fn kv(name: &str, value: &str) -> KeyValue {
@@ -639,5 +676,6 @@ fn container_plan(def: &ContainerDefinition, overrides: &TaskOverride) -> Contai
             .and_then(|lp| lp.capabilities.as_ref())
             .map(|c| c.add.clone())
             .unwrap_or_default(),
+        health_check: def.health_check.as_ref().and_then(HealthCheckPlan::resolve),
     }
 }

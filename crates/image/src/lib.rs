@@ -14,7 +14,8 @@
 //!
 //! - [`registry`]: the distribution client (`oci-client`): TLS, auth, retries.
 //! - [`content`]: the content-addressed blob store; every write is verified.
-//! - [`unpack`]: safe, shared, atomic layer unpacking with whiteout conversion.
+//! - [`unpack`]: safe, shared, atomic layer unpacking with whiteout conversion, within
+//!   an [`UnpackBudget`] (the task's ephemeral storage) against decompression bombs.
 //! - [`archive`]: the `docker save` / OCI image-layout tarball reader, feeding the
 //!   same content store and [`ImageStore::import_manifest`] as a pull.
 //! - [`manifest`]: OCI and Docker schema 2 documents via `oci-spec`.
@@ -42,6 +43,9 @@ pub use reference::{normalize_reference, Reference};
 pub use registry::{CredentialSource, Credentials, Registry, RegistryConfig, RetryPolicy};
 pub use rootfs::{mount_rootfs, unmount_rootfs};
 pub use store::{
-    Image, ImageHold, ImageStore, LayerState, PruneReport, PullProgress, RemoveOutcome,
+    Image, ImageHold, ImageStore, LayerState, PruneReport, PullOptions, PullProgress, RemoveOutcome,
 };
-pub use unpack::{Compression, LayerStore, StagedLayer, UnpackError, UnpackOutcome};
+pub use unpack::{
+    Compression, LayerStore, StagedLayer, UnpackBudget, UnpackError, UnpackOutcome,
+    MAX_EPHEMERAL_STORAGE_GIB,
+};

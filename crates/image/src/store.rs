@@ -41,7 +41,7 @@ use crate::error::ImageError;
 use crate::inflight::InFlight;
 use crate::manifest::{self, ImageConfig};
 use crate::reference::{normalize_reference, Reference};
-use crate::unpack::LayerStore;
+use crate::unpack::{LayerStore, UnpackBudget};
 
 /// How precisely the last use of an image is recorded (for LRU eviction).
 const LAST_USED_RESOLUTION: Duration = Duration::from_secs(1);
@@ -216,7 +216,8 @@ impl ImageStore {
     /// Imports every image of a `docker save` or OCI image-layout tarball (optionally
     /// gzip- or zstd-compressed as a whole), streaming it without holding layers in
     /// memory. Images are imported in archive order; on error, those before the
-    /// failing one stay loaded.
+    /// failing one stay loaded. Each image may unpack to at most the largest task's
+    /// ephemeral storage ([`UnpackBudget::largest_task`]).
     pub fn load_archive(&self, reader: impl Read) -> Result<Vec<Image>, ImageError> {
         let _loading = self
             .inner
@@ -226,19 +227,29 @@ impl ImageStore {
         let found = archive::read_archive(&self.inner.content, reader)?;
         found
             .iter()
-            .map(|image| self.import(&image.manifest, &image.names, Vec::new(), Origin::Archive))
+            .map(|image| {
+                let budget = UnpackBudget::largest_task();
+                self.import(
+                    &image.manifest,
+                    &image.names,
+                    Vec::new(),
+                    Origin::Archive,
+                    &budget,
+                )
+            })
             .collect()
     }
 
     /// Makes the image whose manifest (and config and layer blobs) are in the content
-    /// store available: unpacks missing layers, records it, and points `names`
-    /// (normalized references) at it.
+    /// store available: unpacks missing layers (within `budget`), records it, and
+    /// points `names` (normalized references) at it.
     pub fn import_manifest(
         &self,
         manifest_digest: &Digest,
         names: &[String],
+        budget: &UnpackBudget,
     ) -> Result<Image, ImageError> {
-        self.import(manifest_digest, names, Vec::new(), Origin::Registry)
+        self.import(manifest_digest, names, Vec::new(), Origin::Registry, budget)
     }
 
     /// [`ImageStore::import_manifest`], remembering the indexes the manifest was
@@ -249,6 +260,7 @@ impl ImageStore {
         names: &[String],
         indexes: Vec<Digest>,
         origin: Origin,
+        budget: &UnpackBudget,
     ) -> Result<Image, ImageError> {
         let content = &self.inner.content;
         let manifest_bytes = content.read_document(manifest_digest, "manifest")?;
@@ -289,9 +301,11 @@ impl ImageStore {
             size += stored;
             if !self.inner.layers.contains(diff_id) {
                 let file = content.open_blob(&blob, "layer")?;
-                self.inner
-                    .layers
-                    .unpack(diff_id, BufReader::with_capacity(256 * 1024, file))?;
+                self.inner.layers.unpack(
+                    diff_id,
+                    BufReader::with_capacity(256 * 1024, file),
+                    budget,
+                )?;
             }
         }
         let (os, architecture) = (config.os().to_string(), config.architecture().to_string());
@@ -558,4 +572,4 @@ mod pull;
 mod tests;
 
 pub use gc::{PruneReport, RemoveOutcome};
-pub use pull::{ImageHold, LayerState, PullProgress};
+pub use pull::{ImageHold, LayerState, PullOptions, PullProgress};

@@ -3,12 +3,13 @@
 mod support;
 
 use std::collections::HashSet;
+use std::error::Error as _;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use image::{
-    Credentials, ImageError, ImageStore, LayerState, Platform, PullProgress, Registry,
+    Credentials, ImageError, ImageStore, LayerState, Platform, PullOptions, PullProgress, Registry,
     RegistryConfig,
 };
 use support::{ImageParts, Options, TestRegistry, DOCKER_MANIFEST_LIST, OCI_INDEX};
@@ -72,7 +73,7 @@ async fn pulls_by_tag_and_digest_and_a_second_pull_only_checks_the_tag() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let seen = events.clone();
     let image = store
-        .pull(&client, &reference, move |event| {
+        .pull(&client, &reference, PullOptions::default(), move |event| {
             seen.lock().unwrap().push(event)
         })
         .await
@@ -115,7 +116,10 @@ async fn pulls_by_tag_and_digest_and_a_second_pull_only_checks_the_tag() {
 
     // A second pull by tag asks only for the manifest's digest.
     let before = registry.requests().len();
-    let again = store.pull(&client, &reference, no_progress).await.unwrap();
+    let again = store
+        .pull(&client, &reference, PullOptions::default(), no_progress)
+        .await
+        .unwrap();
     assert_eq!(again, image);
     let new: Vec<_> = registry.requests().split_off(before);
     assert!(
@@ -129,7 +133,7 @@ async fn pulls_by_tag_and_digest_and_a_second_pull_only_checks_the_tag() {
     let before = registry.requests().len();
     assert_eq!(
         store
-            .pull(&client, &by_digest, no_progress)
+            .pull(&client, &by_digest, PullOptions::default(), no_progress)
             .await
             .unwrap()
             .digest,
@@ -193,11 +197,17 @@ async fn platforms_are_selected_from_oci_indexes_and_docker_manifest_lists() {
 
     let default = registry_for(registry.pull_config());
     let oci = format!("{}/multi:oci", registry.host);
-    let image = store.pull(&default, &oci, no_progress).await.unwrap();
+    let image = store
+        .pull(&default, &oci, PullOptions::default(), no_progress)
+        .await
+        .unwrap();
     assert_eq!(image.digest, amd64.digest());
     assert_eq!(image.architecture, "amd64");
     let arm = for_platform("linux", "arm64");
-    let image = store.pull(&arm, &oci, no_progress).await.unwrap();
+    let image = store
+        .pull(&arm, &oci, PullOptions::default(), no_progress)
+        .await
+        .unwrap();
     assert_eq!(image.digest, arm64.digest());
     assert_eq!(
         std::fs::read_to_string(store.layer_dirs(&image)[2].join("app")).unwrap(),
@@ -207,7 +217,7 @@ async fn platforms_are_selected_from_oci_indexes_and_docker_manifest_lists() {
     let by_index = format!("{}/multi@{index}", registry.host);
     assert_eq!(
         store
-            .pull(&arm, &by_index, no_progress)
+            .pull(&arm, &by_index, PullOptions::default(), no_progress)
             .await
             .unwrap()
             .digest,
@@ -216,13 +226,21 @@ async fn platforms_are_selected_from_oci_indexes_and_docker_manifest_lists() {
     assert_eq!(store.resolve(&by_index).unwrap().digest, arm64.digest());
 
     let docker = format!("{}/multi:docker", registry.host);
-    let image = store.pull(&arm, &docker, no_progress).await.unwrap();
+    let image = store
+        .pull(&arm, &docker, PullOptions::default(), no_progress)
+        .await
+        .unwrap();
     assert_eq!(image.digest, docker_arm64.digest());
     // Same layers as the OCI arm64 image: nothing more to unpack.
     assert_eq!(count(store.layers().dir()), 3 + 1);
 
     let err = store
-        .pull(&for_platform("linux", "s390x"), &oci, no_progress)
+        .pull(
+            &for_platform("linux", "s390x"),
+            &oci,
+            PullOptions::default(),
+            no_progress,
+        )
         .await
         .unwrap_err();
     match &err {
@@ -251,6 +269,7 @@ async fn basic_auth_is_used_and_refusals_say_how_to_log_in() {
         .pull(
             &registry_for(registry.pull_config()),
             &reference,
+            PullOptions::default(),
             no_progress,
         )
         .await
@@ -273,7 +292,7 @@ async fn basic_auth_is_used_and_refusals_say_how_to_log_in() {
     for (client, credentials_sent) in [(wrong, true), (anonymous, false)] {
         let (_dir, store) = self::store();
         let err = store
-            .pull(&client, &reference, no_progress)
+            .pull(&client, &reference, PullOptions::default(), no_progress)
             .await
             .unwrap_err();
         if credentials_sent {
@@ -308,7 +327,12 @@ async fn tls_registries_need_their_ca_and_plain_http_needs_to_be_allowed() {
     let (_dir, store) = store();
     let reference = format!("{}/app:1", secure.host);
     let image = store
-        .pull(&registry_for(secure.pull_config()), &reference, no_progress)
+        .pull(
+            &registry_for(secure.pull_config()),
+            &reference,
+            PullOptions::default(),
+            no_progress,
+        )
         .await
         .unwrap();
     assert_eq!(image.digest, parts.digest());
@@ -319,7 +343,7 @@ async fn tls_registries_need_their_ca_and_plain_http_needs_to_be_allowed() {
         ..secure.pull_config()
     });
     let err = store
-        .pull(&without_ca, &reference, no_progress)
+        .pull(&without_ca, &reference, PullOptions::default(), no_progress)
         .await
         .unwrap_err();
     assert!(matches!(err, ImageError::RegistryTls { .. }), "{err:?}");
@@ -332,7 +356,12 @@ async fn tls_registries_need_their_ca_and_plain_http_needs_to_be_allowed() {
         ..plain.pull_config()
     });
     let err = store
-        .pull(&not_allowed, &format!("{}/app:1", plain.host), no_progress)
+        .pull(
+            &not_allowed,
+            &format!("{}/app:1", plain.host),
+            PullOptions::default(),
+            no_progress,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, ImageError::RegistryTls { .. }), "{err:?}");
@@ -358,7 +387,12 @@ async fn a_registry_serving_wrong_bytes_is_refused_and_nothing_stays() {
     let (_dir, store) = store();
     let client = registry_for(registry.pull_config());
     let err = store
-        .pull(&client, &format!("{}/app:1", registry.host), no_progress)
+        .pull(
+            &client,
+            &format!("{}/app:1", registry.host),
+            PullOptions::default(),
+            no_progress,
+        )
         .await
         .unwrap_err();
     assert!(
@@ -391,7 +425,7 @@ async fn unknown_images_and_unreachable_registries_are_reported() {
     ] {
         let reference = format!("{}/{reference}", registry.host);
         let err = store
-            .pull(&client, &reference, no_progress)
+            .pull(&client, &reference, PullOptions::default(), no_progress)
             .await
             .unwrap_err();
         match &err {
@@ -423,7 +457,12 @@ async fn unknown_images_and_unreachable_registries_are_reported() {
         ..RegistryConfig::default()
     });
     let err = store
-        .pull(&client, &format!("{host}/app:1"), no_progress)
+        .pull(
+            &client,
+            &format!("{host}/app:1"),
+            PullOptions::default(),
+            no_progress,
+        )
         .await
         .unwrap_err();
     assert!(
@@ -458,7 +497,11 @@ async fn concurrent_pulls_download_each_blob_once() {
             registry.host,
             if i % 2 == 0 { "one" } else { "two" }
         );
-        tokio::spawn(async move { store.pull(&client, &reference, no_progress).await })
+        tokio::spawn(async move {
+            store
+                .pull(&client, &reference, PullOptions::default(), no_progress)
+                .await
+        })
     });
     let images: Vec<_> = futures::future::join_all(pulls)
         .await
@@ -496,8 +539,14 @@ async fn prune_and_eviction_keep_images_in_use() {
     let client = registry_for(registry.pull_config());
     let old_ref = format!("{}/app:old", registry.host);
     let new_ref = format!("{}/app:new", registry.host);
-    store.pull(&client, &old_ref, no_progress).await.unwrap();
-    store.pull(&client, &new_ref, no_progress).await.unwrap();
+    store
+        .pull(&client, &old_ref, PullOptions::default(), no_progress)
+        .await
+        .unwrap();
+    store
+        .pull(&client, &new_ref, PullOptions::default(), no_progress)
+        .await
+        .unwrap();
     // `old` is used again (later than the last-use resolution of 1 s), so `new` is
     // now the least recently used.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -540,7 +589,7 @@ async fn prune_and_eviction_keep_images_in_use() {
 
     // A hold from the pull protects an image not (yet) in use, until dropped.
     let (held, hold) = store
-        .pull_held(&client, &new_ref, no_progress)
+        .pull_held(&client, &new_ref, PullOptions::default(), no_progress)
         .await
         .unwrap();
     assert!(store
@@ -561,7 +610,10 @@ async fn prune_and_eviction_keep_images_in_use() {
     assert_eq!(count(store.content().dir()), 0);
     assert_eq!(count(store.layers().dir()), 0);
     // The next pull needs the registry again, and works.
-    store.pull(&client, &old_ref, no_progress).await.unwrap();
+    store
+        .pull(&client, &old_ref, PullOptions::default(), no_progress)
+        .await
+        .unwrap();
     assert!(temporaries(&store).is_empty());
 }
 
@@ -629,7 +681,12 @@ async fn a_full_disk_is_reported_and_leaves_nothing_behind() {
     let store = ImageStore::open(&disk.dir.path().join("images")).unwrap();
     let client = registry_for(registry.pull_config());
     let err = store
-        .pull(&client, &format!("{}/big:1", registry.host), no_progress)
+        .pull(
+            &client,
+            &format!("{}/big:1", registry.host),
+            PullOptions::default(),
+            no_progress,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, ImageError::DiskFull { .. }), "{err:?}");
@@ -638,4 +695,61 @@ async fn a_full_disk_is_reported_and_leaves_nothing_behind() {
     assert!(store.list().unwrap().is_empty());
     assert_eq!(count(store.layers().dir()), 0);
     drop(store);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_over_the_unpack_limit_fails_the_pull_and_leaves_nothing() {
+    let registry = TestRegistry::start(Options::default());
+    // 8 MiB of zeros in a few KiB, beside an ordinary layer whose download is aborted
+    // or finished, but never recorded.
+    let bomb = Layer::new()
+        .file("zeros", vec![0u8; 8 << 20])
+        .compression(Compression::Zstd);
+    let bomb_diff_id = bomb.diff_id().unwrap();
+    let parts = ImageParts::of(
+        &ImageBuilder::new()
+            .layer(Layer::new().file("base", "base"))
+            .layer(bomb),
+    );
+    assert!(parts.layers[1].len() < 64 * 1024);
+    registry.push("bomb", "1", &parts).await;
+    let (_dir, store) = store();
+    let client = registry_for(registry.pull_config());
+    let reference = format!("{}/bomb:1", registry.host);
+
+    let options = PullOptions {
+        unpack_limit: 1 << 20,
+    };
+    let err = store
+        .pull(&client, &reference, options, no_progress)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ImageError::Unpack { layer, source: image::UnpackError::TooLarge { limit: 1_048_576 } }
+                if layer.as_str() == bomb_diff_id
+        ),
+        "{err:?}"
+    );
+    assert!(err
+        .source()
+        .unwrap()
+        .to_string()
+        .contains("more than 1 MiB"));
+    assert!(temporaries(&store).is_empty(), "{:?}", temporaries(&store));
+    assert!(!store.layers().dir().join(&bomb_diff_id[7..]).exists());
+    assert!(store.list().unwrap().is_empty());
+    assert!(matches!(
+        store.resolve(&reference),
+        Err(ImageError::NotFound { .. })
+    ));
+
+    // The same pull with room for the layer succeeds.
+    let image = store
+        .pull(&client, &reference, PullOptions::default(), no_progress)
+        .await
+        .unwrap();
+    assert_eq!(image.digest, parts.digest());
+    assert!(temporaries(&store).is_empty());
 }

@@ -24,6 +24,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use crate::task::TaskStatus;
+use crate::task_definition::HealthCheck;
 use crate::Timestamp;
 
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -74,6 +75,51 @@ pub struct ContainerPlan {
     pub memory_reservation_mib: Option<u64>,
     pub nofile: Option<(u64, u64)>,
     pub add_capabilities: Vec<String>,
+    /// The container's health check; absent in plans persisted before health checks.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckPlan>,
+}
+
+/// A container health check as the agent runs it: the command resolved to an argv and
+/// ECS's defaults applied to every duration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheckPlan {
+    /// `CMD`'s arguments, or `["/bin/sh", "-c", <string>]` for `CMD-SHELL`.
+    pub command: Vec<String>,
+    pub interval_secs: u32,
+    pub timeout_secs: u32,
+    /// Consecutive failures that make the container UNHEALTHY.
+    pub retries: u32,
+    /// Failures during this time after the container started do not count.
+    pub start_period_secs: u32,
+}
+
+impl HealthCheckPlan {
+    /// ECS's default `interval`.
+    pub const DEFAULT_INTERVAL_SECS: u32 = 30;
+    /// ECS's default `timeout`.
+    pub const DEFAULT_TIMEOUT_SECS: u32 = 5;
+    /// ECS's default `retries`.
+    pub const DEFAULT_RETRIES: u32 = 3;
+
+    /// Resolves a task definition's `healthCheck`. None when the command is neither
+    /// `CMD` nor `CMD-SHELL` followed by something to run (registration rejects those).
+    pub fn resolve(check: &HealthCheck) -> Option<Self> {
+        let command = match check.command.split_first() {
+            Some((kind, args)) if kind == "CMD" && !args.is_empty() => args.to_vec(),
+            Some((kind, args)) if kind == "CMD-SHELL" && !args.is_empty() => {
+                vec!["/bin/sh".to_owned(), "-c".to_owned(), args.join(" ")]
+            }
+            _ => return None,
+        };
+        Some(HealthCheckPlan {
+            command,
+            interval_secs: check.interval.unwrap_or(Self::DEFAULT_INTERVAL_SECS),
+            timeout_secs: check.timeout.unwrap_or(Self::DEFAULT_TIMEOUT_SECS),
+            retries: check.retries.unwrap_or(Self::DEFAULT_RETRIES),
+            start_period_secs: check.start_period.unwrap_or(0),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,4 +162,88 @@ pub struct ContainerReport {
     pub image_digest: Option<String>,
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
+    /// HEALTHY, UNHEALTHY or UNKNOWN; None for a container without a health check.
+    /// Unlike the other fields this one is not fill-only: it moves back and forth
+    /// between HEALTHY and UNHEALTHY, and every report carries the latest value.
+    #[serde(default)]
+    pub health_status: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(command: &[&str]) -> HealthCheck {
+        HealthCheck {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            interval: None,
+            timeout: None,
+            retries: None,
+            start_period: None,
+        }
+    }
+
+    #[test]
+    fn health_checks_resolve_commands_and_defaults() {
+        let shell = HealthCheckPlan::resolve(&check(&["CMD-SHELL", "test -f /ok"])).unwrap();
+        assert_eq!(shell.command, ["/bin/sh", "-c", "test -f /ok"]);
+        assert_eq!(
+            (
+                shell.interval_secs,
+                shell.timeout_secs,
+                shell.retries,
+                shell.start_period_secs
+            ),
+            (30, 5, 3, 0)
+        );
+        let mut exec = check(&["CMD", "/bin/check", "--fast"]);
+        exec.interval = Some(5);
+        exec.timeout = Some(2);
+        exec.retries = Some(1);
+        exec.start_period = Some(60);
+        let exec = HealthCheckPlan::resolve(&exec).unwrap();
+        assert_eq!(exec.command, ["/bin/check", "--fast"]);
+        assert_eq!(
+            (
+                exec.interval_secs,
+                exec.timeout_secs,
+                exec.retries,
+                exec.start_period_secs
+            ),
+            (5, 2, 1, 60)
+        );
+        assert_eq!(HealthCheckPlan::resolve(&check(&["CMD"])), None);
+        assert_eq!(HealthCheckPlan::resolve(&check(&["NONE"])), None);
+        assert_eq!(HealthCheckPlan::resolve(&check(&[])), None);
+    }
+
+    #[test]
+    fn plans_and_reports_from_before_health_checks_still_parse() {
+        let report: ContainerReport =
+            serde_json::from_str(r#"{"name":"a","last_status":"RUNNING","runtime_id":null,"image_digest":null,"exit_code":null,"reason":null}"#)
+                .unwrap();
+        assert_eq!(report.health_status, None);
+        let plan = ContainerPlan {
+            name: "a".into(),
+            image: "i".into(),
+            entry_point: vec![],
+            command: None,
+            environment: vec![],
+            working_directory: None,
+            user: None,
+            essential: true,
+            depends_on: vec![],
+            readonly_root_filesystem: false,
+            stop_timeout_secs: 30,
+            cpu: 0,
+            memory_mib: None,
+            memory_reservation_mib: None,
+            nofile: None,
+            add_capabilities: vec![],
+            health_check: None,
+        };
+        let mut json = serde_json::to_value(&plan).unwrap();
+        json.as_object_mut().unwrap().remove("health_check");
+        assert_eq!(serde_json::from_value::<ContainerPlan>(json).unwrap(), plan);
+    }
 }

@@ -37,6 +37,10 @@ impl Scope {
         format!("{}:task/{cluster}/{task_id}", self.prefix())
     }
 
+    pub fn service(&self, cluster: &str, name: &str) -> String {
+        format!("{}:service/{cluster}/{name}", self.prefix())
+    }
+
     pub fn container(&self, cluster: &str, task_id: &str, container_id: &str) -> String {
         format!(
             "{}:container/{cluster}/{task_id}/{container_id}",
@@ -72,6 +76,10 @@ impl Scope {
                 cluster: cluster.to_string(),
                 id: id.to_string(),
             }),
+            ("service", [cluster, name]) => Ok(Resource::Service {
+                cluster: cluster.to_string(),
+                name: name.to_string(),
+            }),
             _ => Err(invalid()),
         }
     }
@@ -83,6 +91,18 @@ pub enum Resource {
     Cluster(String),
     TaskDefinition { family: String, revision: u32 },
     Task { cluster: String, id: String },
+    Service { cluster: String, name: String },
+}
+
+/// The name of a service given either by name or by ARN (`service/<cluster>/<name>`,
+/// or the older `service/<name>`).
+pub fn service_name(identifier: &str) -> &str {
+    match identifier.split_once(":service/") {
+        Some((_, path)) if identifier.starts_with("arn:") => {
+            path.rsplit('/').next().unwrap_or(path)
+        }
+        _ => identifier,
+    }
 }
 
 /// The name of a cluster given either by name or by ARN.
@@ -144,6 +164,14 @@ impl TaskDefinitionRef {
 /// A fresh task id: 32 lower-case hex characters, as ECS's.
 pub fn new_task_id() -> String {
     random_hex(16)
+}
+
+/// A fresh deployment id: `ecs-svc/` and 19 digits, as ECS's.
+pub fn new_deployment_id() -> String {
+    let mut bytes = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let number = u64::from_le_bytes(bytes) % 9_000_000_000_000_000_000 + 1_000_000_000_000_000_000;
+    format!("ecs-svc/{number}")
 }
 
 /// A fresh container id in UUID form.

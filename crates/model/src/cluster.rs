@@ -46,12 +46,7 @@ pub struct ClusterSetting {
 
 /// Cluster names: 1-255 letters, digits, hyphens and underscores.
 pub fn validate_cluster_name(name: &str) -> Result<(), crate::EcsError> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
+    if crate::is_resource_name(name) {
         Ok(())
     } else {
         Err(crate::EcsError::InvalidParameter(format!(

@@ -18,6 +18,10 @@ pub enum EcsError {
     #[error("{0}")]
     ResourceNotFound(String),
     #[error("{0}")]
+    ServiceNotFound(String),
+    #[error("{0}")]
+    ServiceNotActive(String),
+    #[error("{0}")]
     ResourceInUse(String),
     #[error("{0}")]
     Conflict(String),
@@ -41,6 +45,8 @@ impl EcsError {
             EcsError::ClusterContainsTasks(_) => "ClusterContainsTasksException",
             EcsError::ClusterContainsServices(_) => "ClusterContainsServicesException",
             EcsError::ResourceNotFound(_) => "ResourceNotFoundException",
+            EcsError::ServiceNotFound(_) => "ServiceNotFoundException",
+            EcsError::ServiceNotActive(_) => "ServiceNotActiveException",
             EcsError::ResourceInUse(_) => "ResourceInUseException",
             EcsError::Conflict(_) => "ConflictException",
             EcsError::LimitExceeded(_) => "LimitExceededException",

@@ -7,12 +7,23 @@ pub mod arn;
 pub mod cluster;
 pub mod error;
 pub mod ops;
+pub mod service;
 pub mod tag;
 pub mod task;
 pub mod task_definition;
 pub mod validate;
 
 pub use error::EcsError;
+
+/// Whether `name` is a valid cluster or service name: 1-255 letters, digits, hyphens
+/// and underscores.
+fn is_resource_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
 
 /// Seconds since the Unix epoch, as ECS puts timestamps on the wire.
 pub type Timestamp = f64;

@@ -8,6 +8,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Cluster, ClusterSetting};
+use crate::service::{
+    CreateServiceRequest, DeleteServiceRequest, DescribeServicesRequest, ListServicesRequest,
+    UpdateServiceRequest,
+};
 use crate::tag::Tag;
 use crate::task::{Failure, Task, TaskOverride};
 use crate::task_definition::TaskDefinition;
@@ -380,6 +384,11 @@ requests! {
     TagResource(TagResourceRequest),
     UntagResource(UntagResourceRequest),
     ListTagsForResource(ListTagsForResourceRequest),
+    CreateService(CreateServiceRequest),
+    UpdateService(UpdateServiceRequest),
+    DeleteService(DeleteServiceRequest),
+    DescribeServices(DescribeServicesRequest),
+    ListServices(ListServicesRequest),
 }
 
 /// Why a request could not be turned into a [`Request`].

@@ -11,6 +11,20 @@ use crate::EcsError;
 pub const MAX_CONTAINERS: usize = 10;
 pub const MAX_OVERRIDE_CHARS: usize = 8192;
 pub const DEFAULT_EPHEMERAL_GIB: u32 = 20;
+/// The bounds of `ephemeralStorage.sizeInGiB` when it is given.
+pub const MIN_EPHEMERAL_GIB: u32 = 21;
+pub const MAX_EPHEMERAL_GIB: u32 = 200;
+
+/// Checks an `ephemeralStorage.sizeInGiB`; the message says the allowed range.
+fn ephemeral_storage_size(gib: u32) -> Result<(), String> {
+    if (MIN_EPHEMERAL_GIB..=MAX_EPHEMERAL_GIB).contains(&gib) {
+        Ok(())
+    } else {
+        Err(format!(
+            "The ephemeral storage size must be between {MIN_EPHEMERAL_GIB} and {MAX_EPHEMERAL_GIB} GiB; {gib} was given."
+        ))
+    }
+}
 
 /// The Fargate task sizes: for each CPU value, the memory values (MiB) allowed with it.
 pub fn memory_choices(cpu: u32) -> Option<Vec<u32>> {
@@ -123,12 +137,7 @@ pub fn task_definition(mut td: TaskDefinition) -> Result<TaskDefinition, EcsErro
     td.memory = Some(memory.to_string());
 
     if let Some(storage) = &td.ephemeral_storage {
-        if !(21..=200).contains(&storage.size_in_gi_b) {
-            return Err(client(format!(
-                "The ephemeral storage size must be between 21 and 200 GiB; {} was given.",
-                storage.size_in_gi_b
-            )));
-        }
+        ephemeral_storage_size(storage.size_in_gi_b).map_err(client)?;
     }
     if td.ipc_mode.is_some() {
         return Err(client("Fargate does not support ipcMode: remove it."));
@@ -433,12 +442,7 @@ pub fn overrides(td: &TaskDefinition, overrides: &TaskOverride) -> Result<(u32, 
     };
     fargate_size(cpu, memory)?;
     if let Some(storage) = &overrides.ephemeral_storage {
-        if !(21..=200).contains(&storage.size_in_gi_b) {
-            return Err(EcsError::InvalidParameter(format!(
-                "The ephemeral storage size must be between 21 and 200 GiB; {} was given.",
-                storage.size_in_gi_b
-            )));
-        }
+        ephemeral_storage_size(storage.size_in_gi_b).map_err(EcsError::InvalidParameter)?;
     }
     Ok((cpu, memory))
 }

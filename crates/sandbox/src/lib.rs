@@ -22,8 +22,8 @@ pub use config::DriverConfig;
 pub use driver::ContainerDriver;
 pub use error::SandboxError;
 pub use supervisor::{
-    Condition, ContainerSpec, ContainerState, ContainerStatus, Dependency, LogEntry, LogStream,
-    StopCode, TaskPhase, TaskSpec, TaskStatus,
+    Condition, ContainerHealth, ContainerSpec, ContainerState, ContainerStatus, Dependency,
+    HealthCheck, HealthStatus, LogEntry, LogStream, StopCode, TaskPhase, TaskSpec, TaskStatus,
 };
 
 /// An isolation backend: launches tasks, re-adopts them after an agent restart, and

@@ -1,7 +1,7 @@
 //! `skiff server`: the control plane, a local agent and the API, wired together in one
 //! process with SQLite state in the state directory.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,6 +19,9 @@ pub struct ServerArgs {
     /// Address of the ECS API.
     #[arg(long, default_value = "127.0.0.1:8080", env = "SKIFF_LISTEN")]
     listen: SocketAddr,
+    /// Address load balancer listeners bind [default: the IP of --listen].
+    #[arg(long, value_name = "IP")]
+    load_balancer_address: Option<IpAddr>,
     /// State directory [default: /var/lib/skiff as root, the XDG data dir otherwise].
     #[arg(long, env = "SKIFF_STATE_DIR")]
     state_dir: Option<PathBuf>,
@@ -105,13 +108,21 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
     let admin = admin_credentials(&state_dir)?;
 
-    let store = store::SqliteStore::open(&state_dir.join("state.db"))?;
+    let store: Arc<dyn store::Store> =
+        Arc::new(store::SqliteStore::open(&state_dir.join("state.db"))?);
     let scope = Scope {
         region: args.region.clone(),
         account: args.account.clone(),
     };
+    let balancer = lb::Balancer::start(
+        store.clone(),
+        scope.clone(),
+        args.load_balancer_address.unwrap_or(args.listen.ip()),
+    )
+    .await
+    .context("cannot start the load balancer")?;
     let control = control::Control::new(
-        Arc::new(store),
+        store,
         control::ControlConfig {
             scope,
             subnet: args.subnet,
@@ -152,6 +163,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let app = api::server::router(api::server::ApiState {
         control,
         agent,
+        balancer: balancer.clone(),
         keys,
         region: args.region.clone(),
     });
@@ -177,6 +189,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("the API server failed")?;
+    balancer.shutdown().await;
     tracing::info!("skiff server stopped; running tasks keep running under their supervisors");
     Ok(ExitCode::SUCCESS)
 }

@@ -56,12 +56,7 @@ pub fn run(task_dir: &Path) -> ExitCode {
     match supervise(TaskDir::new(dir)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            let mut message = error.to_string();
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
+            let message = crate::error::error_chain(&error);
             tracing::error!(error = %message, "supervisor failed");
             ExitCode::FAILURE
         }
@@ -159,7 +154,7 @@ fn supervise(dir: TaskDir) -> Result<(), SupervisorError> {
             .send(Event::ChildExited);
     })?;
     let spec_check = order::validate(&spec);
-    let task = Task::new(dir.clone(), spec, config, reaper);
+    let task = Task::new(dir.clone(), spec, config, reaper, events.clone());
     let hub = StatusHub::new(dir.status(), task.status())?;
     let socket = dir.socket();
     let listener = control::bind(&socket)?;

@@ -61,3 +61,15 @@ pub enum SupervisorError {
     #[error("cannot start a supervisor thread")]
     Thread(#[source] std::io::Error),
 }
+
+/// `error` followed by each of its sources, separated by `: `.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

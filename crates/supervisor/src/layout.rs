@@ -12,6 +12,7 @@
 //!   bundles/<name>/    OCI bundle (config.json) per container
 //!   runtime/<name>.log OCI runtime log (JSON lines) per container
 //!   runtime/<name>.pid container init pid written by `runc create`
+//!   runtime/<name>.health.out / .health.pid  output and pid of the latest health check
 //!   logs/<name>.log    container stdout/stderr in CRI format, plus one rotated `.log.1`
 //! ```
 
@@ -78,6 +79,16 @@ impl TaskDir {
 
     pub fn container_pid_file(&self, container: &str) -> PathBuf {
         self.runtime_dir().join(format!("{container}.pid"))
+    }
+
+    /// Where the latest health check of `container` writes its stdout and stderr.
+    pub fn health_output(&self, container: &str) -> PathBuf {
+        self.runtime_dir().join(format!("{container}.health.out"))
+    }
+
+    /// Where the runtime writes the pid of the health check process it runs.
+    pub fn health_pid_file(&self, container: &str) -> PathBuf {
+        self.runtime_dir().join(format!("{container}.health.pid"))
     }
 
     pub fn logs_dir(&self) -> PathBuf {

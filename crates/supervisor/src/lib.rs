@@ -10,11 +10,13 @@
 //! - [`layout`]: the files of a task directory;
 //! - [`protocol`]: the control protocol and status types, shared with clients;
 //! - [`logs`]: the log writer and the reader the agent uses;
+//! - [`health`]: container health checks and their state machine;
 //! - [`run`]: the process entry point (`skiff supervise --task-dir DIR`).
 
 pub mod control;
 mod daemon;
 mod error;
+pub mod health;
 pub mod layout;
 pub mod logs;
 mod oom;
@@ -26,8 +28,11 @@ pub mod spec;
 mod task;
 
 pub use daemon::run;
+pub(crate) use error::error_chain;
 pub use error::SupervisorError;
 pub use layout::TaskDir;
 pub use logs::{read_logs, LogEntry, LogFollower, LogStream};
-pub use protocol::{ContainerState, ContainerStatus, StopCode, TaskPhase, TaskStatus};
-pub use spec::{Condition, ContainerSpec, Dependency, RuntimeConfig, TaskSpec};
+pub use protocol::{
+    ContainerHealth, ContainerState, ContainerStatus, HealthStatus, StopCode, TaskPhase, TaskStatus,
+};
+pub use spec::{Condition, ContainerSpec, Dependency, HealthCheck, RuntimeConfig, TaskSpec};

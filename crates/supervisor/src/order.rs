@@ -1,7 +1,7 @@
 //! ECS `dependsOn` semantics, as pure functions over container states.
 //!
-//! [`validate`] rejects specs that can never start (unknown or cyclic dependencies,
-//! the not-yet-supported HEALTHY condition) before anything runs. During the task,
+//! [`validate`] rejects specs that can never start (unknown or cyclic dependencies, HEALTHY
+//! on a container without a health check) before anything runs. During the task,
 //! [`readiness`] tells for one pending container whether it may start now, must wait, or
 //! can never start because a dependency ended the wrong way:
 //!
@@ -10,11 +10,11 @@
 //! | START     | is running or has exited            | will never start              |
 //! | COMPLETE  | has exited                          | will never start              |
 //! | SUCCESS   | has exited with code 0              | exited non-zero / never starts|
-//! | HEALTHY   | (health checks not implemented)     | always                        |
+//! | HEALTHY   | has passed a health check           | went UNHEALTHY or exited first|
 
 use std::collections::{HashMap, HashSet};
 
-use crate::protocol::ContainerState;
+use crate::protocol::{ContainerState, HealthStatus};
 use crate::spec::{Condition, ContainerSpec, TaskSpec};
 
 /// Whether a pending container may start.
@@ -31,6 +31,8 @@ pub enum Readiness {
 pub struct DependencyState {
     pub state: ContainerState,
     pub exit_code: Option<i32>,
+    /// None for a container without a health check.
+    pub health: Option<HealthStatus>,
 }
 
 /// Checks that every dependency can in principle be satisfied; the error is a task stop
@@ -47,6 +49,16 @@ pub fn validate(spec: &TaskSpec) -> Result<(), String> {
                 container.name
             ));
         }
+        if container
+            .health_check
+            .as_ref()
+            .is_some_and(|check| check.command.is_empty())
+        {
+            return Err(format!(
+                "container {} has a health check with no command to run",
+                container.name
+            ));
+        }
     }
     if spec.containers.is_empty() {
         return Err("the task has no containers".to_owned());
@@ -59,10 +71,14 @@ pub fn validate(spec: &TaskSpec) -> Result<(), String> {
                     container.name, dependency.container
                 ));
             }
-            if dependency.condition == Condition::Healthy {
+            let checked = spec
+                .containers
+                .iter()
+                .any(|c| c.name == dependency.container && c.health_check.is_some());
+            if dependency.condition == Condition::Healthy && !checked {
                 return Err(format!(
-                    "container {} depends on {} with condition HEALTHY, but container health checks are not supported yet: use START, COMPLETE or SUCCESS",
-                    container.name, dependency.container
+                    "container {} depends on {} with condition HEALTHY, but {} has no health check: add a healthCheck to {} or use START",
+                    container.name, dependency.container, dependency.container, dependency.container
                 ));
             }
         }
@@ -157,9 +173,26 @@ pub fn readiness(
                 }
                 (false, _) => false,
             },
-            Condition::Healthy => {
-                return never("container health checks are not supported yet".to_owned())
-            }
+            Condition::Healthy => match (dep.health, dep.state) {
+                (Some(HealthStatus::Healthy), _) => true,
+                (Some(HealthStatus::Unhealthy), _) => {
+                    return never(format!(
+                        "{} became UNHEALTHY before it was ever HEALTHY",
+                        dependency.container
+                    ))
+                }
+                (_, ContainerState::Exited) => {
+                    return never(format!(
+                        "{} exited before it was HEALTHY",
+                        dependency.container
+                    ))
+                }
+                (None, ContainerState::Running) => {
+                    return never(format!("{} has no health check", dependency.container))
+                }
+                // Not started yet, or no verdict yet.
+                _ => false,
+            },
         };
         ready &= satisfied;
     }
@@ -173,7 +206,17 @@ pub fn readiness(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::Dependency;
+    use crate::spec::{Dependency, HealthCheck};
+
+    fn health_check(command: Vec<String>) -> HealthCheck {
+        HealthCheck {
+            command,
+            interval: std::time::Duration::from_secs(5),
+            timeout: std::time::Duration::from_secs(2),
+            retries: 1,
+            start_period: std::time::Duration::ZERO,
+        }
+    }
 
     fn container(name: &str, deps: &[(&str, Condition)]) -> ContainerSpec {
         let mut spec = ContainerSpec::new(name, "/rootfs", vec!["true".into()]);
@@ -200,7 +243,19 @@ mod tests {
     }
 
     fn state(state: ContainerState, exit_code: Option<i32>) -> Option<DependencyState> {
-        Some(DependencyState { state, exit_code })
+        Some(DependencyState {
+            state,
+            exit_code,
+            health: None,
+        })
+    }
+
+    fn checked(state: ContainerState, health: HealthStatus) -> Option<DependencyState> {
+        Some(DependencyState {
+            state,
+            exit_code: None,
+            health: Some(health),
+        })
     }
 
     #[test]
@@ -209,11 +264,21 @@ mod tests {
         assert!(validate(&unknown).unwrap_err().contains("ghost"));
         let duplicate = task(vec![container("a", &[]), container("a", &[])]);
         assert!(validate(&duplicate).unwrap_err().contains("twice"));
-        let healthy = task(vec![
+        let mut healthy = task(vec![
             container("a", &[]),
             container("b", &[("a", Condition::Healthy)]),
         ]);
-        assert!(validate(&healthy).unwrap_err().contains("HEALTHY"));
+        let reason = validate(&healthy).unwrap_err();
+        assert!(
+            reason.contains("HEALTHY") && reason.contains("a has no health check"),
+            "{reason}"
+        );
+        healthy.containers[0].health_check = Some(health_check(vec!["true".into()]));
+        assert_eq!(validate(&healthy), Ok(()));
+        healthy.containers[0].health_check = Some(health_check(vec![]));
+        assert!(validate(&healthy)
+            .unwrap_err()
+            .contains("health check with no command"));
         let cycle = task(vec![
             container("a", &[("c", Condition::Start)]),
             container("b", &[("a", Condition::Start)]),
@@ -302,5 +367,48 @@ mod tests {
             _ => state(ContainerState::Exited, Some(0)),
         };
         assert_eq!(readiness(&web, lookup), Readiness::Ready);
+    }
+
+    #[test]
+    fn healthy_waits_for_a_passing_check() {
+        let web = container("web", &[("db", Condition::Healthy)]);
+        for waiting in [
+            state(ContainerState::Pending, None),
+            state(ContainerState::Created, None),
+            checked(ContainerState::Running, HealthStatus::Unknown),
+        ] {
+            assert_eq!(readiness(&web, |_| waiting), Readiness::Wait);
+        }
+        assert_eq!(
+            readiness(&web, |_| checked(
+                ContainerState::Running,
+                HealthStatus::Healthy
+            )),
+            Readiness::Ready
+        );
+        // A dependency that was healthy and then exited had satisfied the condition.
+        assert_eq!(
+            readiness(&web, |_| checked(
+                ContainerState::Exited,
+                HealthStatus::Healthy
+            )),
+            Readiness::Ready
+        );
+        let never = |dep| match readiness(&web, |_| dep) {
+            Readiness::Never(reason) => reason,
+            other => panic!("expected Never, got {other:?}"),
+        };
+        let reason = never(checked(ContainerState::Running, HealthStatus::Unhealthy));
+        assert!(
+            reason.contains("web") && reason.contains("db became UNHEALTHY"),
+            "{reason}"
+        );
+        let reason = never(checked(ContainerState::Exited, HealthStatus::Unknown));
+        assert!(
+            reason.contains("db exited before it was HEALTHY"),
+            "{reason}"
+        );
+        let reason = never(state(ContainerState::Running, None));
+        assert!(reason.contains("db has no health check"), "{reason}");
     }
 }

@@ -15,6 +15,10 @@
 //! ```
 //!
 //! One request per connection keeps both sides trivial: clients connect per call.
+//!
+//! Compatibility: fields are only ever added, with serde defaults, so that older and
+//! newer peers read each other's statuses within version 1 (container `health` was added
+//! this way; peers that predate it ignore it).
 
 use serde::{Deserialize, Serialize};
 
@@ -131,6 +135,45 @@ pub struct ContainerStatus {
     pub started_at: Option<u64>,
     pub finished_at: Option<u64>,
     pub reason: Option<String>,
+    /// The health check's verdict; None for a container without a health check. It
+    /// keeps its last value once the container has stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<ContainerHealth>,
+}
+
+/// A container's health, as ECS's `healthStatus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HealthStatus {
+    /// No verdict yet: no check has passed, and fewer than `retries` counted failures.
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+impl HealthStatus {
+    /// ECS's spelling: `HEALTHY`, `UNHEALTHY`, `UNKNOWN`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Unknown => "UNKNOWN",
+            HealthStatus::Healthy => "HEALTHY",
+            HealthStatus::Unhealthy => "UNHEALTHY",
+        }
+    }
+}
+
+/// A container's health and the check that decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerHealth {
+    pub status: HealthStatus,
+    /// When `status` last changed, in milliseconds since the Unix epoch.
+    pub since: u64,
+    /// The exit code of the check that set `status`; None before the first check and
+    /// for a check that timed out.
+    pub exit_code: Option<i32>,
+    /// The start of that check's output (stdout and stderr), at most
+    /// [`crate::health::MAX_OUTPUT`] bytes.
+    pub output: String,
 }
 
 /// The whole task's status, as written to `status.json`.
@@ -172,6 +215,18 @@ mod tests {
     }
 
     #[test]
+    fn statuses_without_health_still_parse() {
+        let old = r#"{"name":"app","state":"Running","pid":7,"exit_code":null,"oom_killed":false,"started_at":1,"finished_at":null,"reason":null}"#;
+        let status: ContainerStatus = serde_json::from_str(old).unwrap();
+        assert_eq!(status.health, None);
+        assert!(!serde_json::to_string(&status).unwrap().contains("health"));
+        assert_eq!(
+            serde_json::to_value(HealthStatus::Unhealthy).unwrap(),
+            HealthStatus::Unhealthy.as_str()
+        );
+    }
+
+    #[test]
     fn other_versions_are_refused() {
         let err = decode::<Request>("{\"v\":2,\"op\":\"status\"}").unwrap_err();
         assert!(
@@ -208,6 +263,12 @@ mod tests {
                 started_at: Some(1),
                 finished_at: Some(2),
                 reason: None,
+                health: Some(ContainerHealth {
+                    status: HealthStatus::Unhealthy,
+                    since: 2,
+                    exit_code: Some(1),
+                    output: "down".into(),
+                }),
             }],
         };
         let line = encode(&Response::Status {

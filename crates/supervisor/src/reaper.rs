@@ -109,6 +109,26 @@ impl Reaper {
         }
     }
 
+    /// Like [`Reaper::wait`], but gives up after `timeout`: None means `pid` still runs.
+    pub fn wait_timeout(&self, pid: i32, timeout: Duration) -> Option<Termination> {
+        let deadline = Instant::now() + timeout;
+        let mut table = self.shared.lock();
+        loop {
+            if let Some((termination, _)) = table.exited.remove(&pid) {
+                return Some(termination);
+            }
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|left| !left.is_zero())?;
+            table = self
+                .shared
+                .changed
+                .wait_timeout(table, left)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+    }
+
     /// Claims the exit of `pid` if it happened at or after `not_before`.
     pub fn try_take(&self, pid: i32, not_before: Instant) -> Option<Termination> {
         let mut table = self.shared.lock();
@@ -183,6 +203,14 @@ mod tests {
         let killed = reaper
             .spawn(Command::new("/bin/sh").args(["-c", "kill -KILL $$"]))
             .unwrap();
+        let slow = reaper
+            .spawn(Command::new("/bin/sh").args(["-c", "sleep 0.3; exit 4"]))
+            .unwrap();
+        assert_eq!(reaper.wait_timeout(slow, Duration::from_millis(20)), None);
+        assert_eq!(
+            reaper.wait_timeout(slow, Duration::from_secs(30)),
+            Some(Termination::Exited(4))
+        );
         assert_eq!(reaper.wait(exits), Termination::Exited(7));
         assert_eq!(reaper.wait(killed), Termination::Signaled(9));
         let before = Instant::now();

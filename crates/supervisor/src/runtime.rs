@@ -4,11 +4,20 @@
 //! json <op> ...`, spawned and waited through the [`Reaper`]. When an operation fails, its
 //! error is the last `error`-level message the runtime appended to the container's log
 //! during that call, which is what runc itself would print.
+//!
+//! `exec` runs an extra process (a health check) in a running container. The runtime
+//! copies the process settings of the bundle's `config.json` (user, environment, working
+//! directory, capabilities, rlimits, no_new_privs, seccomp) and only replaces the argv, so
+//! the check runs exactly as the container's own process would.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use crate::reaper::{Reaper, Termination};
 use crate::SupervisorError;
@@ -22,6 +31,28 @@ pub struct RuntimeContainer {
     pub pid_file: PathBuf,
     pub log_file: PathBuf,
 }
+
+/// Where an `exec`'d process writes its output and the runtime its pid.
+#[derive(Debug, Clone)]
+pub struct ExecFiles {
+    /// Receives the process's stdout and stderr; truncated at each call.
+    pub output: PathBuf,
+    pub pid_file: PathBuf,
+}
+
+/// How an `exec`'d process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutcome {
+    /// The exit code (128 + signal when killed); None when it was killed at the timeout.
+    pub exit_code: Option<i32>,
+    /// The start of its output, at most `max_output` bytes; when the runtime could not
+    /// run it at all, the runtime's error instead.
+    pub output: String,
+}
+
+/// How long a timed-out `exec` gets to exit after its process was SIGKILLed before the
+/// runtime process itself is killed.
+const EXEC_KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs runtime operations.
 #[derive(Debug, Clone)]
@@ -98,6 +129,93 @@ impl OciRuntime {
         self.run(command, "delete", container)
     }
 
+    /// `exec`: runs `args` in the running container as its process would run, waits at
+    /// most `timeout`, then kills it. Returns Err only when the runtime cannot be spawned
+    /// or the output file cannot be created; a check that cannot run is a failed outcome.
+    pub fn exec(
+        &self,
+        container: &RuntimeContainer,
+        files: &ExecFiles,
+        args: &[String],
+        timeout: Duration,
+        max_output: usize,
+    ) -> Result<ExecOutcome, SupervisorError> {
+        let output = File::create(&files.output).map_err(|source| SupervisorError::Write {
+            path: files.output.clone(),
+            source,
+        })?;
+        let stderr = output
+            .try_clone()
+            .map_err(|source| SupervisorError::Write {
+                path: files.output.clone(),
+                source,
+            })?;
+        match std::fs::remove_file(&files.pid_file) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(SupervisorError::Write {
+                    path: files.pid_file.clone(),
+                    source,
+                })
+            }
+        }
+        let log_start = std::fs::metadata(&container.log_file).map_or(0, |m| m.len());
+        let mut command = self.command(&container.log_file);
+        command
+            .arg("exec")
+            .arg("--pid-file")
+            .arg(&files.pid_file)
+            .arg(&container.id)
+            .args(args)
+            .stdout(Stdio::from(output))
+            .stderr(Stdio::from(stderr));
+        let pid = self
+            .reaper
+            .spawn(&mut command)
+            .map_err(|source| SupervisorError::Spawn {
+                program: self.program.clone(),
+                source,
+            })?;
+        drop(command);
+        let exit_code = match self.reaper.wait_timeout(pid, timeout) {
+            Some(termination) => Some(termination.code()),
+            None => {
+                let termination = self.kill_exec(pid, &files.pid_file);
+                tracing::debug!(container = %container.name, ?termination, "timed-out exec killed");
+                None
+            }
+        };
+        let mut text = read_prefix(&files.output, max_output);
+        if exit_code != Some(0) && text.is_empty() {
+            if let Some(error) = last_error(&container.log_file, log_start) {
+                text = truncate(error, max_output);
+            }
+        }
+        Ok(ExecOutcome {
+            exit_code,
+            output: text,
+        })
+    }
+
+    /// Kills a timed-out `exec`: its process first, so the runtime exits on its own, then
+    /// the runtime if it lingers (or has not started the process yet).
+    fn kill_exec(&self, runtime_pid: i32, pid_file: &Path) -> Termination {
+        let process = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|pid| pid.trim().parse::<i32>().ok());
+        if let Some(process) = process {
+            // The runtime has not reaped its child while it still waits for it, so this
+            // pid cannot have been reused by another process yet.
+            let _ = kill(Pid::from_raw(process), Signal::SIGKILL);
+            if let Some(termination) = self.reaper.wait_timeout(runtime_pid, EXEC_KILL_GRACE) {
+                return termination;
+            }
+        }
+        let _ = kill(Pid::from_raw(runtime_pid), Signal::SIGKILL);
+        self.reaper.wait(runtime_pid)
+    }
+
     fn command(&self, log_file: &Path) -> Command {
         let mut command = Command::new(&self.program);
         command
@@ -146,6 +264,28 @@ impl OciRuntime {
     }
 }
 
+/// The first `max` bytes of `path` as text (lossy), trailing whitespace trimmed.
+fn read_prefix(path: &Path, max: usize) -> String {
+    let mut bytes = Vec::new();
+    if let Ok(file) = File::open(path) {
+        let _ = file.take(max as u64).read_to_end(&mut bytes);
+    }
+    // A cut multi-byte character becomes U+FFFD, which may overshoot: cut again.
+    truncate(String::from_utf8_lossy(&bytes).trim_end().to_owned(), max)
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 /// The last error message in a JSON-lines runtime log after byte `from`.
 fn last_error(log_file: &Path, from: u64) -> Option<String> {
     let mut file = File::open(log_file).ok()?;
@@ -162,6 +302,20 @@ fn last_error(log_file: &Path, from: u64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_is_cut_to_the_limit_without_splitting_characters() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("out");
+        std::fs::write(&path, "ok\n\n").unwrap();
+        assert_eq!(read_prefix(&path, 1024), "ok");
+        std::fs::write(&path, "x".repeat(5000)).unwrap();
+        assert_eq!(read_prefix(&path, 1024).len(), 1024);
+        assert_eq!(read_prefix(&temp.path().join("missing"), 1024), "");
+        assert_eq!(truncate("héllo".into(), 2), "h");
+        assert_eq!(truncate("héllo".into(), 3), "hé");
+        assert_eq!(truncate("short".into(), 1024), "short");
+    }
 
     #[test]
     fn last_error_reads_only_the_new_part_of_the_log() {

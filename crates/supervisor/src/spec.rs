@@ -74,6 +74,27 @@ pub struct ContainerSpec {
     /// Capabilities added to Docker's default set, without the `CAP_` prefix.
     #[serde(default)]
     pub add_capabilities: Vec<String>,
+    /// The container's health check, run inside it (see [`crate::health`]).
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// An ECS container health check with its defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// The argv run in the container with its user, environment and working directory.
+    pub command: Vec<String>,
+    /// Time between the end of one check and the start of the next.
+    #[serde(with = "duration_millis")]
+    pub interval: Duration,
+    /// A check still running after this long is killed and counts as a failure.
+    #[serde(with = "duration_millis")]
+    pub timeout: Duration,
+    /// Consecutive failures that make the container UNHEALTHY.
+    pub retries: u32,
+    /// Failures during this time after the container started do not count.
+    #[serde(with = "duration_millis")]
+    pub start_period: Duration,
 }
 
 impl ContainerSpec {
@@ -95,6 +116,7 @@ impl ContainerSpec {
             cpu_shares: None,
             nofile: None,
             add_capabilities: Vec::new(),
+            health_check: None,
         }
     }
 }
@@ -116,8 +138,7 @@ pub enum Condition {
     Complete,
     /// The dependency has exited with code 0.
     Success,
-    /// The dependency's health check passed. Health checks are not implemented yet, so a
-    /// task using this condition fails to start with a reason that says so.
+    /// The dependency's health check passed; it must have one.
     Healthy,
 }
 

@@ -13,6 +13,9 @@
 //! exited") and the control socket ("stop"), waking early for the next SIGKILL deadline.
 //! Each iteration starts every container whose dependencies are satisfied, claims
 //! container exits from the reaper, escalates overdue stops, and publishes the status.
+//! A container with a health check gets a [`HealthChecker`] thread when it starts; its
+//! verdicts arrive as events too, and it stops when the container exits or the task
+//! begins stopping (see [`crate::health`]).
 //!
 //! Stopping sends SIGTERM through the runtime to every running container and SIGKILL to
 //! each one still running after its own `stop_timeout`. A container's exit code is its
@@ -23,7 +26,7 @@
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::process::Stdio;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,13 +34,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::fcntl::OFlag;
 
 use crate::control::StatusHub;
+use crate::health::{CheckTarget, HealthChecker};
 use crate::layout::TaskDir;
 use crate::logs::{pump, LogStream, LogWriter};
 use crate::oom::oom_kills;
 use crate::order::{self, DependencyState, Readiness};
-use crate::protocol::{ContainerState, ContainerStatus, StopCode, TaskPhase, TaskStatus};
+use crate::protocol::{
+    ContainerHealth, ContainerState, ContainerStatus, HealthStatus, StopCode, TaskPhase, TaskStatus,
+};
 use crate::reaper::{Reaper, Termination};
-use crate::runtime::{OciRuntime, RuntimeContainer};
+use crate::runtime::{ExecFiles, OciRuntime, RuntimeContainer};
 use crate::spec::{ContainerRuntime, ContainerSpec, RuntimeConfig, TaskSpec};
 use crate::SupervisorError;
 
@@ -48,6 +54,11 @@ pub enum Event {
     ChildExited,
     /// The agent asked to stop the task.
     Stop(String),
+    /// The health of the container at this index changed.
+    Health {
+        container: usize,
+        health: ContainerHealth,
+    },
 }
 
 const ESSENTIAL_EXITED: &str = "Essential container in task exited";
@@ -64,6 +75,7 @@ struct Container {
     /// When SIGKILL is due, once SIGTERM was sent.
     kill_at: Option<Instant>,
     pumps: Vec<JoinHandle<()>>,
+    checker: Option<HealthChecker>,
 }
 
 /// One task being supervised.
@@ -79,10 +91,18 @@ pub struct Task {
     log_max_bytes: u64,
     task_memory_cgroup: Option<std::path::PathBuf>,
     task_oom_seen: u64,
+    /// Where health checkers send their verdicts.
+    events: Sender<Event>,
 }
 
 impl Task {
-    pub fn new(dir: TaskDir, spec: TaskSpec, config: RuntimeConfig, reaper: Reaper) -> Self {
+    pub fn new(
+        dir: TaskDir,
+        spec: TaskSpec,
+        config: RuntimeConfig,
+        reaper: Reaper,
+        events: Sender<Event>,
+    ) -> Self {
         let task_id = spec.task_id;
         let containers = spec
             .containers
@@ -111,12 +131,14 @@ impl Task {
                         started_at: None,
                         finished_at: None,
                         reason: None,
+                        health: None,
                     },
                     spec,
                     runtime,
                     created_at: None,
                     kill_at: None,
                     pumps: Vec::new(),
+                    checker: None,
                 }
             })
             .collect();
@@ -137,6 +159,7 @@ impl Task {
             log_max_bytes: config.log_max_bytes,
             task_memory_cgroup: config.task_memory_cgroup,
             task_oom_seen,
+            events,
         }
     }
 
@@ -185,6 +208,7 @@ impl Task {
                 .map_or(IDLE_WAIT, |at| at.saturating_duration_since(Instant::now()));
             match events.recv_timeout(timeout) {
                 Ok(Event::Stop(reason)) => self.begin_stop(StopCode::UserInitiated, reason),
+                Ok(Event::Health { container, health }) => self.health_changed(container, health),
                 Ok(Event::ChildExited) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     // Both senders live as long as the process; never expected.
@@ -198,6 +222,9 @@ impl Task {
         for container in &mut self.containers {
             for pump in container.pumps.drain(..) {
                 let _ = pump.join();
+            }
+            if let Some(checker) = container.checker.take() {
+                checker.join();
             }
         }
         self.phase = TaskPhase::Stopped;
@@ -233,6 +260,7 @@ impl Task {
                         .map(|c| DependencyState {
                             state: c.status.state,
                             exit_code: c.status.exit_code,
+                            health: c.status.health.as_ref().map(|h| h.status),
                         })
                 });
                 match readiness {
@@ -263,6 +291,7 @@ impl Task {
                 status.pid = Some(pid);
                 status.started_at = Some(now_millis());
                 tracing::info!(task_id = %self.task_id, container = %name, pid, "container started");
+                self.start_health_checks(index);
             }
             Err(error) => {
                 let reason = format!("CannotStartContainerError: {error}");
@@ -279,6 +308,61 @@ impl Task {
                 container.status.reason = Some(reason.clone());
                 self.begin_stop(StopCode::TaskFailedToStart, reason);
             }
+        }
+    }
+
+    fn start_health_checks(&mut self, index: usize) {
+        let container = &self.containers[index];
+        let Some(check) = container.spec.health_check.clone() else {
+            return;
+        };
+        let name = container.spec.name.clone();
+        let target = CheckTarget {
+            task_id: self.task_id.clone(),
+            container: runtime_container(&self.dir, container),
+            files: ExecFiles {
+                output: self.dir.health_output(&name),
+                pid_file: self.dir.health_pid_file(&name),
+            },
+            check,
+        };
+        let events = self.events.clone();
+        let report = move |health| {
+            let _ = events.send(Event::Health {
+                container: index,
+                health,
+            });
+        };
+        let container = &mut self.containers[index];
+        container.status.health = Some(ContainerHealth {
+            status: HealthStatus::Unknown,
+            since: now_millis(),
+            exit_code: None,
+            output: String::new(),
+        });
+        match HealthChecker::start(target, self.runtime.clone(), report) {
+            Ok(checker) => container.checker = Some(checker),
+            Err(error) => {
+                // The container runs on with its health UNKNOWN, as one whose checks
+                // never finish would.
+                tracing::error!(task_id = %self.task_id, container = %name, error = %error, "cannot start health checks");
+            }
+        }
+    }
+
+    /// Applies a checker's verdict while the container runs; one that arrives after
+    /// the checks were stopped belongs to a dying container and is dropped.
+    fn health_changed(&mut self, index: usize, health: ContainerHealth) {
+        let Some(container) = self.containers.get_mut(index) else {
+            return;
+        };
+        if container.status.state == ContainerState::Running
+            && container
+                .checker
+                .as_ref()
+                .is_some_and(HealthChecker::is_running)
+        {
+            container.status.health = Some(health);
         }
     }
 
@@ -343,6 +427,9 @@ impl Task {
             status.reason = Some(OOM_REASON.to_owned());
         }
         container.kill_at = None;
+        if let Some(checker) = &mut container.checker {
+            checker.stop();
+        }
         tracing::info!(task_id = %self.task_id, container = %container.spec.name, exit_code = ?status.exit_code, oom_killed, "container exited");
         if let Err(error) = self
             .runtime
@@ -397,6 +484,9 @@ impl Task {
         self.stopped_reason = Some(reason);
         let now = Instant::now();
         for container in &mut self.containers {
+            if let Some(checker) = &mut container.checker {
+                checker.stop();
+            }
             match container.status.state {
                 ContainerState::Pending => {
                     container.status.state = ContainerState::NotStarted;
@@ -459,7 +549,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SupervisorError> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SupervisorError::Pipe)
 }
 
-fn now_millis() -> u64 {
+pub(crate) fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -385,6 +385,26 @@ fn error_kinds_are_read_like_botocore() {
     );
 }
 
+#[test]
+fn query_errors_and_results_are_read_from_xml() {
+    let body = crate::query::error_response("TargetGroupNotFound", "no such group", true, "r1");
+    match error_from_response(StatusCode::BAD_REQUEST, &HeaderMap::new(), body.as_bytes()) {
+        ClientError::Service { kind, message, .. } => {
+            assert_eq!(
+                (kind.as_str(), message.as_str()),
+                ("TargetGroupNotFound", "no such group")
+            )
+        }
+        other => panic!("expected a service error, got {other:?}"),
+    }
+    let xml = "<R><Groups><member><Name>a</Name><Arns><member>x</member></Arns></member></Groups><Empty/></R>";
+    let document = roxmltree::Document::parse(xml).unwrap();
+    assert_eq!(
+        xml_to_json(document.root_element()),
+        json!({"Groups": [{"Name": "a", "Arns": ["x"]}], "Empty": ""})
+    );
+}
+
 /// The real AWS CLI v1 (botocore) talks to a server that verifies with our verifier.
 #[tokio::test]
 async fn aws_cli_requests_verify() {

@@ -38,7 +38,11 @@ impl Fixture {
     fn layer(&self, layer: Layer) -> PathBuf {
         let diff_id = Digest::parse(&layer.diff_id().unwrap()).unwrap();
         self.layers
-            .unpack(&diff_id, layer.blob().unwrap().as_slice())
+            .unpack(
+                &diff_id,
+                layer.blob().unwrap().as_slice(),
+                &crate::UnpackBudget::largest_task(),
+            )
             .unwrap();
         self.layers.path(&diff_id)
     }

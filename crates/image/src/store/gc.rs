@@ -4,7 +4,9 @@
 //!  remove(ref)          untag; an image left without a tag loses its record
 //!  prune(in_use)        drop nameless images, then collect garbage
 //!  evict_to(max, in_use) collect garbage, then drop least recently used images one by
-//!                       one, collecting after each, until the store fits in `max`
+//!                       one, collecting after each, until the store fits in `max`;
+//!                       images named by `skiff image load` are never dropped: they
+//!                       have no registry to be pulled again from
 //!
 //!  collect garbage = mark:  roots are every image record and every in-use manifest;
 //!                           each marks its manifest, config, indexes, layer blobs and
@@ -131,6 +133,7 @@ impl ImageStore {
         let mut untagged = Vec::new();
         if let Some(name) = name {
             index.refs.remove(&name);
+            index.loaded.remove(&name);
             untagged.push(name);
         } else if !has_record {
             return Err(not_found());
@@ -140,6 +143,7 @@ impl ImageStore {
         if delete {
             for name in remaining {
                 index.refs.remove(&name);
+                index.loaded.remove(&name);
                 untagged.push(name);
             }
         }
@@ -195,8 +199,11 @@ impl ImageStore {
 
     /// Shrinks the store to at most `max_bytes` ([`ImageStore::usage`]): collects
     /// garbage, then removes images not in `in_use`, least recently pulled or resolved
-    /// first, until it fits. In-use images are never removed, so the store may stay
-    /// above `max_bytes` if they alone exceed it.
+    /// first, until it fits. In-use images are never removed, nor images with a name
+    /// that came from an archive load ([`ImageStore::resolve_loaded`]): with no
+    /// registry behind them, removing them would fail every later task naming them
+    /// (`skiff image rm` still removes them). The store may stay above `max_bytes` if
+    /// those alone exceed it.
     pub fn evict_to(
         &self,
         max_bytes: u64,
@@ -229,6 +236,14 @@ impl ImageStore {
                     continue;
                 }
                 let mut names = self.read_names()?;
+                let loaded = names
+                    .refs
+                    .iter()
+                    .any(|(name, digest)| *digest == record.digest && names.loaded.contains(name));
+                if loaded {
+                    tracing::debug!(image = %record.digest, "not evicting an image loaded from an archive");
+                    continue;
+                }
                 names.refs.retain(|_, digest| *digest != record.digest);
                 self.write_names(&names)?;
                 self.delete_record(&record.digest)?;
@@ -243,7 +258,8 @@ impl ImageStore {
             tracing::warn!(
                 usage,
                 max_bytes,
-                "image store is over its size limit with only in-use or pulling images left"
+                "image store is over its size limit with only in-use, pulling or archive-loaded \
+                 images left"
             );
         }
         Ok(report)

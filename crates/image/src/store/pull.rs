@@ -7,7 +7,8 @@
 //!  ├─ image recorded already? ──> name it, touch it, done: no blob request at all
 //!  ├─ pin manifest, config, layer blobs and diff ids (garbage collection skips them)
 //!  ├─ config blob ──> content store
-//!  ├─ layers, `max_concurrent_layers` at a time, each coalesced with other pulls:
+//!  ├─ layers, `max_concurrent_layers` at a time, each coalesced with other pulls,
+//!  │  all unpacking within one UnpackBudget (PullOptions::unpack_limit):
 //!  │     registry ─chunks─> download loop ─mpsc─> [blocking] ContentStore::write
 //!  │     (retries, resumes     (async)               hashes into a temp file │ tee
 //!  │      with Range)                                                       v
@@ -22,7 +23,11 @@
 //! download is one leader's work: concurrent pulls of the same blob wait for it
 //! ([`InFlight`](crate::inflight::InFlight)) and then find it stored. When a layer
 //! fails, the pull's other downloads are told to stop ([`Abort`]) and awaited, so the
-//! pull returns only once their temporary files and directories are gone.
+//! pull returns only once their temporary files and directories are gone. That includes
+//! a layer whose uncompressed stream would take the pull over its unpack limit (the
+//! task's ephemeral storage): its unpack stops at the read that would cross it, while
+//! its (compressed, verified) blob is still stored, so that a retry with more room
+//! does not download it again; it is garbage for the next collection otherwise.
 //!
 //! The pins end with the pull, unless it is [`ImageStore::pull_held`]: then they become
 //! the caller's [`ImageHold`], so that no eviction can remove the image between the
@@ -44,6 +49,7 @@ use crate::inflight::Turn;
 use crate::manifest::{self, DocumentKind, Platform};
 use crate::reference::Reference;
 use crate::registry::{stream_error, Registry, Session, StreamFailure};
+use crate::unpack::{UnpackBudget, GIB, MAX_EPHEMERAL_STORAGE_GIB};
 
 /// Indexes nested in indexes followed before giving up (real ones nest once at most).
 const MAX_INDEX_DEPTH: usize = 4;
@@ -51,6 +57,32 @@ const MAX_INDEX_DEPTH: usize = 4;
 const CHUNK_QUEUE: usize = 32;
 /// Progress is reported at least every this many bytes of a layer.
 const PROGRESS_STEP: u64 = 1024 * 1024;
+
+/// What a pull may use of the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullOptions {
+    /// The most bytes the layers the pull unpacks may decompress to, all together
+    /// (layers already unpacked on this host cost nothing): the ephemeral storage of
+    /// the task the image is for.
+    pub unpack_limit: u64,
+}
+
+impl PullOptions {
+    /// For a task with `gib` GiB of ephemeral storage.
+    pub fn for_ephemeral_storage(gib: u32) -> Self {
+        Self {
+            unpack_limit: u64::from(gib) * GIB,
+        }
+    }
+}
+
+impl Default for PullOptions {
+    /// For no task in particular: the largest ephemeral storage a task can have
+    /// ([`MAX_EPHEMERAL_STORAGE_GIB`]), so that the image can run in some task.
+    fn default() -> Self {
+        Self::for_ephemeral_storage(MAX_EPHEMERAL_STORAGE_GIB)
+    }
+}
 
 /// Where one layer of a pull is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,17 +182,22 @@ impl ImageStore {
     /// Pulls an image from its registry (unless it is stored already), verifies every
     /// blob against its digest, unpacks its layers, and records it under the reference
     /// and under `repository@<manifest digest>`. `progress` is called from the pulling
-    /// task for each layer's state changes and about every MiB received.
+    /// task for each layer's state changes and about every MiB received. Unpacking more
+    /// than `options.unpack_limit` bytes fails with
+    /// [`UnpackError::TooLarge`](crate::UnpackError::TooLarge).
     pub async fn pull<F>(
         &self,
         registry: &Registry,
         reference: &str,
+        options: PullOptions,
         progress: F,
     ) -> Result<Image, ImageError>
     where
         F: Fn(PullProgress) + Send + Sync,
     {
-        let (image, _hold) = self.pull_held(registry, reference, progress).await?;
+        let (image, _hold) = self
+            .pull_held(registry, reference, options, progress)
+            .await?;
         Ok(image)
     }
 
@@ -170,6 +207,7 @@ impl ImageStore {
         &self,
         registry: &Registry,
         reference: &str,
+        options: PullOptions,
         progress: F,
     ) -> Result<(Image, ImageHold), ImageError>
     where
@@ -217,7 +255,8 @@ impl ImageStore {
         pins.add(&config_job.digest);
         let (abort_pull, aborted) = watch::channel(false);
         let abort = Abort(aborted);
-        self.fetch_blob(&session, &config_job, &|_, _| {}, &abort)
+        let budget = UnpackBudget::new(options.unpack_limit);
+        self.fetch_blob(&session, &config_job, &budget, &|_, _| {}, &abort)
             .await?;
         let config_digest = config_job.digest;
         let config_bytes = {
@@ -254,7 +293,8 @@ impl ImageStore {
 
         let layers = jobs.len();
         let bytes: u64 = jobs.iter().map(|job| job.size).sum();
-        let (progress, session, abort, abort_pull) = (&progress, &session, &abort, &abort_pull);
+        let (progress, session, budget, abort, abort_pull) =
+            (&progress, &session, &budget, &abort, &abort_pull);
         // Owned jobs: a stream over borrowed ones makes the future not `Send` (its
         // closure would have to be general over the borrow's lifetime).
         futures::stream::iter(jobs.into_iter().enumerate())
@@ -270,7 +310,7 @@ impl ImageStore {
                         state,
                     })
                 };
-                let result = self.fetch_blob(session, job, &report, abort).await;
+                let result = self.fetch_blob(session, job, budget, &report, abort).await;
                 if result.is_err() {
                     abort_pull.send_replace(true);
                 }
@@ -290,13 +330,14 @@ impl ImageStore {
 
         let image = {
             let manifest = manifest.clone();
+            let budget = budget.clone();
             self.blocking(move |store| {
-                store.import(&manifest, &names, indexes, super::Origin::Registry)
+                store.import(&manifest, &names, indexes, super::Origin::Registry, &budget)
             })
             .await?
         };
         tracing::info!(
-            reference = %parsed, image = %manifest, layers, bytes,
+            reference = %parsed, image = %manifest, layers, bytes, unpacked = budget.used(),
             elapsed_ms = started.elapsed().as_millis() as u64, "pulled image"
         );
         Ok((image, ImageHold { _pins: pins }))
@@ -374,13 +415,16 @@ impl ImageStore {
         &self,
         session: &Session,
         job: &BlobJob,
+        budget: &UnpackBudget,
         report: &(dyn Fn(LayerState, u64) + Send + Sync),
         abort: &Abort,
     ) -> Result<(), ImageError> {
         loop {
             match self.inner.downloads.turn(&job.digest) {
                 Turn::Lead(_download) => {
-                    return self.fetch_blob_now(session, job, report, abort).await
+                    return self
+                        .fetch_blob_now(session, job, budget, report, abort)
+                        .await
                 }
                 Turn::Wait(signal) => {
                     report(LayerState::Waiting, 0);
@@ -408,6 +452,7 @@ impl ImageStore {
         &self,
         session: &Session,
         job: &BlobJob,
+        budget: &UnpackBudget,
         report: &(dyn Fn(LayerState, u64) + Send + Sync),
         abort: &Abort,
     ) -> Result<(), ImageError> {
@@ -424,12 +469,13 @@ impl ImageStore {
             Some(_) => {
                 if let Some(diff_id) = unpack {
                     report(LayerState::Unpacking, job.size);
-                    let blob = job.digest.clone();
+                    let (blob, budget) = (job.digest.clone(), budget.clone());
                     self.blocking(move |store| {
                         let file = store.content().open_blob(&blob, "layer")?;
                         store.layers().unpack(
                             &diff_id,
                             std::io::BufReader::with_capacity(256 * 1024, file),
+                            &budget,
                         )
                     })
                     .await?;
@@ -440,7 +486,8 @@ impl ImageStore {
                 Ok(())
             }
             None => {
-                self.download(session, job, unpack, report, abort).await?;
+                self.download(session, job, unpack, budget, report, abort)
+                    .await?;
                 report(LayerState::Done, job.size);
                 Ok(())
             }
@@ -448,13 +495,15 @@ impl ImageStore {
     }
 
     /// Streams a blob into the content store and, if `unpack` is given, into a staged
-    /// layer at the same time; the layer is committed only if the blob verified. Returns
-    /// only once the writer and the unpacker are done, so no temporary outlives it.
+    /// layer (within `budget`) at the same time; the layer is committed only if the blob
+    /// verified. Returns only once the writer and the unpacker are done, so no temporary
+    /// outlives it.
     async fn download(
         &self,
         session: &Session,
         job: &BlobJob,
         unpack: Option<Digest>,
+        budget: &UnpackBudget,
         report: &(dyn Fn(LayerState, u64) + Send + Sync),
         abort: &Abort,
     ) -> Result<(), ImageError> {
@@ -463,9 +512,9 @@ impl ImageStore {
             Some(diff_id) => {
                 let (tee, tee_queue) = std::sync::mpsc::sync_channel::<Bytes>(CHUNK_QUEUE);
                 let (verdict, verdict_queue) = std::sync::mpsc::channel::<bool>();
-                let layers = self.layers().clone();
+                let (layers, budget) = (self.layers().clone(), budget.clone());
                 let handle = tokio::task::spawn_blocking(move || {
-                    let staged = layers.stage(&diff_id, QueueReader::new(tee_queue))?;
+                    let staged = layers.stage(&diff_id, QueueReader::new(tee_queue), &budget)?;
                     // Commit only once the blob is known good; no verdict means no.
                     match verdict_queue.recv() {
                         Ok(true) => staged.commit().map(drop),

@@ -447,6 +447,7 @@ fn archive_names_are_marked_loaded_and_pulls_unmark_them() {
             &["docker.io/library/busybox:latest".to_owned()],
             Vec::new(),
             Origin::Registry,
+            &crate::UnpackBudget::largest_task(),
         )
         .unwrap();
     assert!(store.resolve_loaded("busybox").unwrap().is_none());

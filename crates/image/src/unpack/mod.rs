@@ -15,6 +15,9 @@
 //! - Entries are written by `writer::LayerWriter`, which converts whiteouts to the
 //!   overlayfs format and refuses every entry that could land outside the layer (see
 //!   [`UnpackError`]).
+//! - Every decompressed byte (and every hole of a GNU sparse file) is charged to the
+//!   pull's [`UnpackBudget`]; the read that would exceed it stops the unpack with
+//!   [`UnpackError::TooLarge`], so a decompression bomb fills neither disk nor CPU.
 //! - The finished directory is renamed into place with `RENAME_NOREPLACE`: a layer dir
 //!   is either complete or absent, and when two imports of the same layer race, the
 //!   first one wins and the other discards its copy. A failed unpack removes its
@@ -23,8 +26,10 @@
 //!   layer ([`LayerStore::stage`]) and commits it only after the blob's digest checked
 //!   out; a local import stages and commits at once ([`LayerStore::unpack`]).
 
+mod budget;
 mod writer;
 
+use std::cell::Cell;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
@@ -34,6 +39,8 @@ use nix::fcntl::{renameat2, RenameFlags};
 use crate::content::TEMP_PREFIX;
 use crate::digest::{Digest, HashingReader};
 use crate::error::ImageError;
+
+pub use budget::{UnpackBudget, GIB, MAX_EPHEMERAL_STORAGE_GIB};
 
 /// Why a layer could not be unpacked. Entry-level refusals name the entry.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +120,19 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
+
+    /// The uncompressed streams of the layers a pull unpacks exceed its
+    /// [`UnpackBudget`]: the task's ephemeral storage.
+    #[error(
+        "the image's layers unpack to more than {size}, the task's ephemeral storage (or \
+         {max} GiB, the most a task can have, for an image pulled or loaded outside a task): \
+         raise the task definition's ephemeralStorage.sizeInGiB (up to {max}) or use a \
+         smaller image; if the image is small when compressed, one of its layers is a \
+         decompression bomb",
+        size = budget::display_size(*.limit),
+        max = MAX_EPHEMERAL_STORAGE_GIB
+    )]
+    TooLarge { limit: u64 },
 
     /// The uncompressed stream does not hash to the diff id the config lists.
     #[error(
@@ -223,20 +243,45 @@ impl LayerStore {
     }
 
     /// Unpacks a layer blob (compressed or not) whose uncompressed digest must be
-    /// `diff_id`. Nothing is left behind on failure.
-    pub fn unpack(&self, diff_id: &Digest, blob: impl Read) -> Result<UnpackOutcome, ImageError> {
+    /// `diff_id`, charging its uncompressed bytes to `budget` unless the layer is
+    /// unpacked already. Nothing is left behind on failure.
+    pub fn unpack(
+        &self,
+        diff_id: &Digest,
+        blob: impl Read,
+        budget: &UnpackBudget,
+    ) -> Result<UnpackOutcome, ImageError> {
         if self.contains(diff_id) {
             return Ok(UnpackOutcome::AlreadyPresent);
         }
-        self.stage(diff_id, blob)?.commit()
+        self.stage(diff_id, blob, budget)?.commit()
     }
 
     /// Unpacks a layer into a temporary directory without making it visible: the caller
     /// commits it once it knows the source was good (a download is verified only at its
     /// end, after the unpacker has read everything). Dropping the result removes it.
-    pub fn stage(&self, diff_id: &Digest, blob: impl Read) -> Result<StagedLayer, ImageError> {
-        self.stage_inner(diff_id, blob)
-            .map_err(|source| self.unpack_error(diff_id, source))
+    /// The uncompressed bytes are charged to `budget`; the read that would exceed it
+    /// fails the unpack with [`UnpackError::TooLarge`].
+    pub fn stage(
+        &self,
+        diff_id: &Digest,
+        blob: impl Read,
+        budget: &UnpackBudget,
+    ) -> Result<StagedLayer, ImageError> {
+        let exceeded = Cell::new(false);
+        self.stage_inner(diff_id, blob, budget, &exceeded)
+            .map_err(|source| {
+                // The budget's refusal reaches here wrapped in whatever stream or entry
+                // error the tar reader and the writer made of it.
+                let source = if exceeded.get() {
+                    UnpackError::TooLarge {
+                        limit: budget.limit(),
+                    }
+                } else {
+                    source
+                };
+                self.unpack_error(diff_id, source)
+            })
     }
 
     fn unpack_error(&self, diff_id: &Digest, source: UnpackError) -> ImageError {
@@ -252,7 +297,13 @@ impl LayerStore {
         }
     }
 
-    fn stage_inner(&self, diff_id: &Digest, blob: impl Read) -> Result<StagedLayer, UnpackError> {
+    fn stage_inner(
+        &self,
+        diff_id: &Digest,
+        blob: impl Read,
+        budget: &UnpackBudget,
+        exceeded: &Cell<bool>,
+    ) -> Result<StagedLayer, UnpackError> {
         let staging = tempfile::Builder::new()
             .prefix(TEMP_PREFIX)
             .tempdir_in(&self.dir)
@@ -262,13 +313,25 @@ impl LayerStore {
                 source,
             })?;
         let (compression, stream) = decompress(blob).map_err(UnpackError::Read)?;
-        let mut hashing = HashingReader::new(stream);
+        let mut hashing = HashingReader::new(budget::Metered::new(stream, budget, exceeded));
         let mut writer = writer::LayerWriter::new(staging.path())?;
         let mut entries = 0u64;
         {
             let mut archive = tar::Archive::new(&mut hashing);
             for entry in archive.entries().map_err(UnpackError::Read)? {
                 let mut entry = entry.map_err(UnpackError::Read)?;
+                if entry.header().entry_type().is_gnu_sparse() {
+                    // The tar reader makes up the holes' zeros; they are not in the stream.
+                    let holes = entry
+                        .size()
+                        .saturating_sub(entry.header().entry_size().unwrap_or(0));
+                    if !budget.charge(holes) {
+                        exceeded.set(true);
+                        return Err(UnpackError::TooLarge {
+                            limit: budget.limit(),
+                        });
+                    }
+                }
                 writer.apply(&mut entry)?;
                 entries += 1;
             }

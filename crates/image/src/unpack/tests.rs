@@ -15,11 +15,16 @@ fn store() -> (tempfile::TempDir, LayerStore) {
     (root, layers)
 }
 
+/// A budget no test layer comes near.
+fn unlimited() -> UnpackBudget {
+    UnpackBudget::largest_task()
+}
+
 fn unpack(layers: &LayerStore, layer: &Layer) -> Result<(Digest, UnpackOutcome), ImageError> {
     let diff_id = Digest::parse(&layer.diff_id().unwrap()).unwrap();
     let blob = layer.blob().unwrap();
     layers
-        .unpack(&diff_id, blob.as_slice())
+        .unpack(&diff_id, blob.as_slice(), &unlimited())
         .map(|outcome| (diff_id, outcome))
 }
 
@@ -315,7 +320,9 @@ fn refuses_a_layer_that_does_not_match_its_diff_id() {
     let (_root, layers) = store();
     let claimed = Digest::parse(&Layer::new().file("a", "a").diff_id().unwrap()).unwrap();
     let blob = Layer::new().file("a", "b").blob().unwrap();
-    let err = layers.unpack(&claimed, blob.as_slice()).unwrap_err();
+    let err = layers
+        .unpack(&claimed, blob.as_slice(), &unlimited())
+        .unwrap_err();
     assert!(
         matches!(&err, ImageError::Unpack { source: UnpackError::DiffIdMismatch { expected, .. }, .. } if *expected == claimed),
         "{err:?}"
@@ -330,7 +337,9 @@ fn refuses_a_corrupt_stream() {
     let diff_id = Digest::parse(&layer.diff_id().unwrap()).unwrap();
     let mut blob = layer.blob().unwrap();
     blob.truncate(blob.len() / 2);
-    let err = layers.unpack(&diff_id, blob.as_slice()).unwrap_err();
+    let err = layers
+        .unpack(&diff_id, blob.as_slice(), &unlimited())
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -354,7 +363,13 @@ fn concurrent_unpacks_of_one_layer_keep_one_copy() {
     let blob = layer.blob().unwrap();
     let outcomes: Vec<UnpackOutcome> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..4)
-            .map(|_| scope.spawn(|| layers.unpack(&diff_id, blob.as_slice()).unwrap()))
+            .map(|_| {
+                scope.spawn(|| {
+                    layers
+                        .unpack(&diff_id, blob.as_slice(), &unlimited())
+                        .unwrap()
+                })
+            })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -395,4 +410,160 @@ fn refuses_whiteouts_of_dot_and_dot_dot_and_files_at_the_root() {
         matches!(err, UnpackError::RootNotDirectory { .. }),
         "{err:?}"
     );
+}
+
+/// A layer of one file of `size` zeros: a few KiB compressed.
+fn zeros(size: usize, compression: LayerCompression) -> Layer {
+    Layer::new()
+        .file("zeros", vec![0u8; size])
+        .compression(compression)
+}
+
+#[test]
+fn a_layer_over_the_budget_is_refused_and_leaves_nothing() {
+    for compression in [LayerCompression::Gzip, LayerCompression::Zstd] {
+        let layer = zeros(4 << 20, compression);
+        let blob = layer.blob().unwrap();
+        assert!(blob.len() < 64 * 1024, "{compression:?}: {}", blob.len());
+        let diff_id = Digest::parse(&layer.diff_id().unwrap()).unwrap();
+        let (_root, layers) = store();
+        let budget = UnpackBudget::new(1 << 20);
+        let err = layers
+            .unpack(&diff_id, blob.as_slice(), &budget)
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ImageError::Unpack { source: UnpackError::TooLarge { limit }, .. } if *limit == 1 << 20
+            ),
+            "{compression:?}: {err:?}"
+        );
+        let message = model::error_chain(&err);
+        assert!(message.contains("more than 1 MiB"), "{message}");
+        assert!(
+            message.contains("ephemeralStorage.sizeInGiB (up to 200)"),
+            "{message}"
+        );
+        // Stopped at the read that crossed the limit, not at the end of the stream.
+        assert!(budget.used() <= 1 << 20);
+        let leftovers: Vec<_> = std::fs::read_dir(layers.dir()).unwrap().collect();
+        assert!(leftovers.is_empty(), "{compression:?}: left {leftovers:?}");
+    }
+}
+
+#[test]
+fn a_layer_exactly_at_the_budget_is_unpacked() {
+    for compression in [LayerCompression::Gzip, LayerCompression::Zstd] {
+        let layer = zeros(4 << 20, compression);
+        let size = layer.tar().unwrap().len() as u64;
+        let diff_id = Digest::parse(&layer.diff_id().unwrap()).unwrap();
+        let (_root, layers) = store();
+        let blob = layer.blob().unwrap();
+        let short = UnpackBudget::new(size - 1);
+        assert!(layers.unpack(&diff_id, blob.as_slice(), &short).is_err());
+        let exact = UnpackBudget::new(size);
+        let outcome = layers.unpack(&diff_id, blob.as_slice(), &exact).unwrap();
+        assert_eq!(outcome, UnpackOutcome::Unpacked);
+        assert_eq!(exact.used(), size);
+        assert_eq!(
+            std::fs::metadata(layers.path(&diff_id).join("zeros"))
+                .unwrap()
+                .len(),
+            4 << 20
+        );
+        // A layer already unpacked costs nothing.
+        let spent = UnpackBudget::new(0);
+        let outcome = layers.unpack(&diff_id, blob.as_slice(), &spent).unwrap();
+        assert_eq!(outcome, UnpackOutcome::AlreadyPresent);
+    }
+}
+
+#[test]
+fn the_budget_is_shared_by_the_layers_of_a_pull() {
+    let (_root, layers) = store();
+    let (first, second) = (
+        zeros(600 << 10, LayerCompression::Gzip),
+        zeros(700 << 10, LayerCompression::Zstd),
+    );
+    let budget = UnpackBudget::new(1 << 20);
+    let diff_id = Digest::parse(&first.diff_id().unwrap()).unwrap();
+    layers
+        .unpack(&diff_id, first.blob().unwrap().as_slice(), &budget)
+        .unwrap();
+    let diff_id = Digest::parse(&second.diff_id().unwrap()).unwrap();
+    let err = layers
+        .unpack(&diff_id, second.blob().unwrap().as_slice(), &budget)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::Unpack {
+                source: UnpackError::TooLarge { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!layers.contains(&diff_id));
+}
+
+/// A GNU sparse file of `size` bytes whose only data is its last 512-byte block: the
+/// tar stream is three blocks, the file's holes are made up by the tar reader.
+fn sparse_tar(size: u64) -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.set_path("sparse").unwrap();
+    header.set_entry_type(tar::EntryType::GNUSparse);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(1_700_000_000);
+    header.set_size(512);
+    let gnu = header.as_gnu_mut().unwrap();
+    gnu.set_real_size(size);
+    gnu.sparse[0].set_offset(size - 512);
+    gnu.sparse[0].set_length(512);
+    header.set_cksum();
+    let mut tar = header.as_bytes().to_vec();
+    tar.extend_from_slice(&[1u8; 512]);
+    tar.extend_from_slice(&[0u8; 1024]);
+    tar
+}
+
+#[test]
+fn the_holes_of_sparse_files_count_against_the_budget() {
+    let size = 8 << 20;
+    let tar = sparse_tar(size);
+    let diff_id = Digest::of(&tar);
+    let (_root, layers) = store();
+    let err = layers
+        .unpack(&diff_id, tar.as_slice(), &UnpackBudget::new(4 << 20))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::Unpack {
+                source: UnpackError::TooLarge { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(std::fs::read_dir(layers.dir()).unwrap().count(), 0);
+
+    // Within the budget, the file is unpacked with its holes as zeros.
+    layers
+        .unpack(&diff_id, tar.as_slice(), &UnpackBudget::new(16 << 20))
+        .unwrap();
+    let content = std::fs::read(layers.path(&diff_id).join("sparse")).unwrap();
+    assert_eq!(content.len() as u64, size);
+    assert!(content[..content.len() - 512].iter().all(|b| *b == 0));
+    assert!(content[content.len() - 512..].iter().all(|b| *b == 1));
+}
+
+#[test]
+fn sizes_are_shown_in_the_largest_unit_that_divides_them() {
+    assert_eq!(budget::display_size(20 * GIB), "20 GiB");
+    assert_eq!(budget::display_size(1 << 20), "1 MiB");
+    assert_eq!(budget::display_size(1000), "1000 bytes");
+    assert_eq!(budget::display_size(0), "0 bytes");
 }

@@ -3,8 +3,10 @@
 //! people and JSON for scripts, and turns errors into what to do next.
 
 mod images;
+mod lb;
 mod registry;
 mod run;
+mod services;
 mod tasks;
 
 use std::process::ExitCode;
@@ -54,6 +56,12 @@ pub enum ClientCommand {
     /// Manage registry credentials.
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
+    /// Manage the built-in load balancer.
+    #[command(subcommand)]
+    Lb(lb::LbCommand),
+    /// Manage services: N copies of a task kept running, rolled out by deployments.
+    #[command(subcommand)]
+    Service(services::ServiceCommand),
 }
 
 pub async fn run(command: ClientCommand, connection: Connection) -> anyhow::Result<ExitCode> {
@@ -64,6 +72,8 @@ pub async fn run(command: ClientCommand, connection: Connection) -> anyhow::Resu
         ClientCommand::Logs(args) => tasks::logs(args, &connection).await,
         ClientCommand::Image(command) => images::run(command, &connection).await,
         ClientCommand::Registry(command) => registry::run(command, &connection).await,
+        ClientCommand::Lb(command) => lb::run(command, &connection).await,
+        ClientCommand::Service(command) => services::run(command, &connection).await,
     }
 }
 
@@ -86,6 +96,24 @@ pub async fn call(client: &EcsClient, operation: &str, body: Value) -> anyhow::R
         .call::<Value, Value>(operation, &body)
         .await
         .with_context(|| format!("{operation} failed"))
+}
+
+/// Every item of a paginated List operation: the `key` arrays of all its pages.
+pub async fn list_all(
+    client: &EcsClient,
+    operation: &str,
+    mut body: Value,
+    key: &str,
+) -> anyhow::Result<Vec<Value>> {
+    let mut items = Vec::new();
+    loop {
+        let page = call(client, operation, body.clone()).await?;
+        items.extend(page[key].as_array().cloned().unwrap_or_default());
+        match page["nextToken"].as_str() {
+            Some(token) => body["nextToken"] = Value::from(token),
+            None => return Ok(items),
+        }
+    }
 }
 
 /// Prints an error and its causes on one line, each cause once.

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use model::task::Task;
 use serde_json::{json, Value};
 
-use super::{call, print_json, table, Connection, Output};
+use super::{call, list_all, print_json, table, Connection, Output};
 
 #[derive(Args)]
 pub struct PsArgs {
@@ -48,21 +48,13 @@ pub async fn list_tasks(
     cluster: &str,
     desired: &str,
 ) -> anyhow::Result<Vec<Task>> {
-    let mut arns: Vec<Value> = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let page = call(
-            client,
-            "ListTasks",
-            json!({"cluster": cluster, "desiredStatus": desired, "nextToken": token}),
-        )
-        .await?;
-        arns.extend(page["taskArns"].as_array().cloned().unwrap_or_default());
-        match page["nextToken"].as_str() {
-            Some(t) => token = Some(t.to_string()),
-            None => break,
-        }
-    }
+    let arns = list_all(
+        client,
+        "ListTasks",
+        json!({"cluster": cluster, "desiredStatus": desired}),
+        "taskArns",
+    )
+    .await?;
     let mut tasks = Vec::new();
     for chunk in arns.chunks(100) {
         let described = call(

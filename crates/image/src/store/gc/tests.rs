@@ -28,6 +28,24 @@ fn load(store: &ImageStore, builder: ImageBuilder, names: &[&str]) -> String {
         .clone()
 }
 
+/// [`load`], then names the image as a pull would have: an image eviction may remove.
+fn pulled(store: &ImageStore, builder: ImageBuilder, names: &[&str]) -> String {
+    let digest = load(store, builder, names);
+    let names: Vec<String> = names
+        .iter()
+        .map(|name| crate::reference::normalize_reference(name).unwrap())
+        .collect();
+    let _guard = store.lock_metadata();
+    store
+        .point_names(
+            &names,
+            &Digest::parse(&digest).unwrap(),
+            crate::store::Origin::Registry,
+        )
+        .unwrap();
+    digest
+}
+
 fn entries(dir: &Path) -> usize {
     std::fs::read_dir(dir).unwrap().count()
 }
@@ -137,9 +155,9 @@ fn pinned_data_survives_collection_until_released() {
 #[test]
 fn eviction_removes_least_recently_used_images_first() {
     let (_dir, store) = open();
-    let first = load(&store, app("first"), &["first:1"]);
-    let second = load(&store, app("second"), &["second:1"]);
-    let third = load(&store, app("third"), &["third:1"]);
+    let first = pulled(&store, app("first"), &["first:1"]);
+    let second = pulled(&store, app("second"), &["second:1"]);
+    let third = pulled(&store, app("third"), &["third:1"]);
     // Age the records as if they were loaded a minute apart.
     for (age, digest) in [(3, &first), (2, &second), (1, &third)] {
         let digest = Digest::parse(digest).unwrap();
@@ -173,6 +191,47 @@ fn eviction_removes_least_recently_used_images_first() {
     assert_eq!(report.images_removed, [first]);
     assert_eq!(store.list().unwrap()[0].digest, third);
     assert!(store.usage().unwrap() > 0);
+}
+
+#[test]
+fn eviction_keeps_images_loaded_from_archives() {
+    let (_dir, store) = open();
+    let local = load(&store, app("local"), &["local:1"]);
+    let remote = pulled(&store, app("remote"), &["remote:1"]);
+    // Pulled under a registry name too, the loaded name still has no registry.
+    let both = load(&store, app("both"), &["both:1"]);
+    pulled(&store, app("both"), &["registry.example/both:1"]);
+    // Superseded by a newer load under the same tag: nameless, so evictable.
+    let superseded = load(&store, app("old"), &["app:1"]);
+    let current = load(&store, app("new"), &["app:1"]);
+    assert!(store.resolve_loaded("local:1").unwrap().is_some());
+
+    let report = store.evict_to(0, &none()).unwrap();
+    let mut removed = report.images_removed;
+    removed.sort();
+    let mut expected = vec![remote, superseded];
+    expected.sort();
+    assert_eq!(removed, expected);
+    let mut kept: Vec<String> = store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.digest)
+        .collect();
+    kept.sort();
+    let mut expected = vec![local.clone(), both, current];
+    expected.sort();
+    assert_eq!(kept, expected);
+    let image = store.resolve_loaded("local:1").unwrap().unwrap();
+    assert!(store.layer_dirs(&image).iter().all(|dir| dir.is_dir()));
+
+    // `skiff image rm` still removes a loaded image, and prune then frees its data.
+    assert_eq!(store.remove("local:1").unwrap().deleted, Some(local));
+    assert!(store.prune(&none()).unwrap().layers_removed > 0);
+    // The removed name is no longer a local one: a later task pulls it from a registry.
+    assert!(store.resolve_loaded("local:1").unwrap().is_none());
+    pulled(&store, app("local"), &["local:1"]);
+    assert!(store.resolve_loaded("local:1").unwrap().is_none());
 }
 
 #[test]

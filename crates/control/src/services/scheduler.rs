@@ -1,0 +1,240 @@
+//! The service scheduler: one loop that keeps every service's tasks as its record asks.
+//!
+//! It wakes when a service changes (API), when any task changes (agent reports, stops),
+//! and at least once per second (grace periods, the 40-second health rule, back-off
+//! expiry). Each pass takes one service at a time: read the record and the tasks of
+//! its group, [`plan`](super::plan::plan), stop and start tasks, then write the record
+//! with compare-and-swap. When the write loses a race (an UpdateService meanwhile), the
+//! pass runs again on fresh data: the tasks it already started or stopped are in the
+//! store by then, so the new plan does not repeat them, and the events of the lost
+//! write are carried over.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use model::service::Service;
+use model::task::{StopCode, TaskStatus};
+use model::{EcsError, Timestamp};
+use store::{Expect, StoreError, StoreJsonExt};
+use tokio::sync::Notify;
+
+use super::plan::{plan, push_event, Health, TaskView};
+use super::{service_group, service_key, ServiceRecord};
+use crate::{internal, Control, TaskRecord};
+
+/// The longest the scheduler sleeps without a reason to wake.
+const TICK: Duration = Duration::from_secs(1);
+/// Without health checks or a load balancer, a task counts as healthy after this long
+/// in RUNNING (ECS's rule for minimumHealthyPercent).
+const HEALTHY_AFTER_SECS: f64 = 40.0;
+/// Passes of one service in a row that lose their write before the scheduler moves on.
+const MAX_ATTEMPTS: usize = 5;
+
+/// Wakes the scheduler loop. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SchedulerHandle {
+    notify: Arc<Notify>,
+}
+
+impl SchedulerHandle {
+    /// Asks for a pass soon; wakes coalesce.
+    pub(crate) fn wake(&self) {
+        self.notify.notify_one();
+    }
+}
+
+impl Control {
+    /// Runs scheduling passes until the task is aborted.
+    pub(crate) async fn run_scheduler(&self) {
+        let handle = self.scheduler().clone();
+        loop {
+            if let Err(e) = self.schedule_all().await {
+                tracing::warn!(error = %e, "service scheduling pass failed; retrying");
+            }
+            let _ = tokio::time::timeout(TICK, handle.notify.notified()).await;
+        }
+    }
+
+    async fn schedule_all(&self) -> Result<(), EcsError> {
+        let records = self
+            .store()
+            .list_json::<ServiceRecord>("services/")
+            .await
+            .map_err(internal)?;
+        for record in records {
+            let service = &record.value.service;
+            if service.status == "INACTIVE" {
+                continue;
+            }
+            let cluster = model::arn::cluster_name(&service.cluster_arn).to_string();
+            if let Err(e) = self.schedule_service(&cluster, &service.service_name).await {
+                tracing::warn!(service = %service.service_name, cluster = %cluster, error = %e, "cannot schedule service");
+            }
+        }
+        Ok(())
+    }
+
+    /// One pass over one service (repeated if its record changed meanwhile).
+    pub(crate) async fn schedule_service(&self, cluster: &str, name: &str) -> Result<(), EcsError> {
+        let key = service_key(cluster, name);
+        // Events of actions taken by attempts whose write was lost.
+        let mut carried_events: Vec<String> = Vec::new();
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(current) = self.service_record(cluster, name).await? else {
+                return Ok(());
+            };
+            if current.value.service.status == "INACTIVE" {
+                return Ok(());
+            }
+            let now = model::now();
+            let tasks = self
+                .service_tasks(cluster, &current.value.service, now)
+                .await?;
+            let decided = plan(&current.value, &tasks, now);
+            let mut record = decided.record;
+            carried_events.extend(decided.action_events);
+            for (task_id, reason) in &decided.stops {
+                self.request_stop(
+                    cluster,
+                    task_id,
+                    StopCode::ServiceSchedulerInitiated,
+                    reason,
+                )
+                .await?;
+            }
+            if !decided.stops.is_empty() {
+                let ids: Vec<&str> = decided.stops.iter().map(|(id, _)| id.as_str()).collect();
+                carried_events.push(format!(
+                    "(service {name}) has stopped {} running tasks: {}.",
+                    ids.len(),
+                    task_list(&ids)
+                ));
+            }
+            for (deployment, definition, count) in &decided.launches {
+                carried_events.push(
+                    self.launch(cluster, deployment, definition, *count, &mut record, now)
+                        .await,
+                );
+            }
+            for message in &carried_events {
+                push_event(&mut record, message.clone(), now);
+            }
+            if record == current.value {
+                return Ok(());
+            }
+            match self
+                .store()
+                .put_json(&key, &record, Expect::Revision(current.mod_revision))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(internal(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts `count` tasks of a deployment (in RunTask-sized batches) and returns the
+    /// event that tells of it. A refused launch counts as a failure for the back-off.
+    async fn launch(
+        &self,
+        cluster: &str,
+        deployment: &str,
+        definition: &str,
+        count: u32,
+        record: &mut ServiceRecord,
+        now: Timestamp,
+    ) -> String {
+        let service = record.service.clone();
+        let name = &service.service_name;
+        let mut started = Vec::new();
+        let mut remaining = count;
+        while remaining > 0 {
+            let batch = remaining.min(crate::tasks::MAX_RUN_COUNT);
+            let request =
+                Self::service_run_request(&service, cluster, deployment, definition, batch);
+            match self.start_tasks(request, true).await {
+                Ok(response) => {
+                    started.extend(response.tasks.iter().map(|t| t.id().to_string()));
+                    remaining -= batch;
+                }
+                Err(e) => {
+                    record.scheduler.failure_streak += 1;
+                    record.scheduler.last_failure_at = Some(now);
+                    tracing::warn!(service = %name, deployment, error = %e, "cannot start service tasks");
+                    return format!("(service {name}) was unable to place a task: {e}");
+                }
+            }
+        }
+        let ids: Vec<&str> = started.iter().map(String::as_str).collect();
+        format!(
+            "(service {name}) has started {} tasks: {}.",
+            ids.len(),
+            task_list(&ids)
+        )
+    }
+
+    /// The service's tasks (its group in its cluster), as the planner sees them.
+    async fn service_tasks(
+        &self,
+        cluster: &str,
+        service: &Service,
+        now: Timestamp,
+    ) -> Result<Vec<TaskView>, EcsError> {
+        let group = service_group(&service.service_name);
+        let records = self
+            .store()
+            .list_json::<TaskRecord>(&format!("tasks/{cluster}/"))
+            .await
+            .map_err(internal)?;
+        Ok(records
+            .into_iter()
+            .map(|v| v.value)
+            .filter(|r| r.task.group.as_deref() == Some(group.as_str()))
+            .map(|r| TaskView {
+                id: r.task.id().to_string(),
+                deployment: r.task.started_by.clone(),
+                last_status: r.task.last_status,
+                desired_running: r.task.desired_status == TaskStatus::Running,
+                started_at: r.task.started_at,
+                stop_code: r.task.stop_code.clone(),
+                stopped_reason: r.task.stopped_reason.clone(),
+                health: task_health(&r, now),
+            })
+            .collect())
+    }
+}
+
+/// ECS's health of a service task: its container health checks when an essential
+/// container has one, else 40 seconds of RUNNING.
+fn task_health(record: &TaskRecord, now: Timestamp) -> Health {
+    let task = &record.task;
+    if task.last_status != TaskStatus::Running {
+        return Health::Pending;
+    }
+    let checked = record
+        .plan
+        .containers
+        .iter()
+        .any(|c| c.essential && c.health_check.is_some());
+    if checked {
+        return match task.health_status.as_str() {
+            "HEALTHY" => Health::Healthy,
+            "UNHEALTHY" => Health::Unhealthy("container health checks".into()),
+            _ => Health::Pending,
+        };
+    }
+    match task.started_at {
+        Some(started) if now - started >= HEALTHY_AFTER_SECS => Health::Healthy,
+        _ => Health::Pending,
+    }
+}
+
+/// `(task a) (task b)`, as ECS lists tasks in events.
+fn task_list(ids: &[&str]) -> String {
+    ids.iter()
+        .map(|id| format!("(task {id})"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
