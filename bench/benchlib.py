@@ -282,3 +282,91 @@ def binaries(profile="release"):
             f"since it was built (e.g. {newer[0].relative_to(REPO)}); rebuild with `cargo "
             f"build {'--release ' if profile == 'release' else ''}--workspace --bins`")
     return target / "skiff", target / "skiff-testkit"
+
+
+# --- Added for bench/services: the run's facts, more AWS clients, and the last-resort
+# clean-up of tasks the server left behind (the same steps as bench/start-latency's). ---
+
+CGROUP_PARENT = "skiff"  # sandbox::DriverConfig's default: <hierarchy>/skiff/<task-id>
+RUNTIME_ROOT = "/run/skiff/runc"  # sandbox::DriverConfig's default runc --root
+RUNC = "/usr/sbin/runc"
+
+
+def load_average():
+    """The 1-, 5- and 15-minute load averages, as /proc/loadavg prints them."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def git_revision():
+    """`<short commit>`, plus ` + working tree` when files differ from it or are new;
+    read-only (no index refresh), `unknown` outside a checkout."""
+    def git(*args):
+        return subprocess.run(["git", "--no-optional-locks", "-C", str(REPO), *args],
+                              capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + (" + working tree" if git("status", "--porcelain") else "")
+
+
+def aws_client(session, service, endpoint, **config):
+    """A boto3 client of `service` (e.g. `elbv2`) for `session` (from ecs_client) on the
+    same endpoint; `config` goes to botocore's Config (no retries unless given)."""
+    import botocore.config
+
+    config.setdefault("retries", {"max_attempts": 1, "mode": "standard"})
+    return session.client(service, endpoint_url=endpoint,
+                          config=botocore.config.Config(**config))
+
+
+def cgroup_mounts():
+    """{mount point: v1 controllers, or None for cgroup2} from /proc/self/mountinfo."""
+    mounts = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fstype, _, options = right.split(" ")[:3]
+        if fstype in ("cgroup", "cgroup2"):
+            mounts[left.split(" ")[4]] = options.split(",") if fstype == "cgroup" else None
+    return mounts
+
+
+def supervisors(state_dir):
+    """Pids of the task supervisors of the server whose state is in `state_dir` (their
+    --task-dir is under it)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"supervise" in argv and any(a.startswith(os.fsencode(state_dir)) for a in argv):
+            pids.append(int(entry.name))
+    return pids
+
+
+def task_leftovers(task_id, containers=("main",)):
+    """What of a task is still on the host (its netns, runc state, cgroups): nothing once
+    the server has stopped it. `containers` are the task's container names."""
+    paths = [Path("/run/netns", f"skiff-{task_id}")]
+    paths += [Path(RUNTIME_ROOT, f"{task_id}-{name}") for name in containers]
+    paths += [Path(point, CGROUP_PARENT, task_id) for point in cgroup_mounts()]
+    return [str(path) for path in paths if path.exists()]
+
+
+def force_remove_tasks(task_ids, containers=("main",)):
+    """Last resort for tasks the server left behind: the sandbox driver's own clean-up
+    steps. Returns what could not be removed."""
+    problems = []
+    for task_id in task_ids:
+        for name in containers:
+            subprocess.run([RUNC, "--root", RUNTIME_ROOT, "delete", "--force",
+                            f"{task_id}-{name}"], capture_output=True)
+        for point in cgroup_mounts():
+            for path in [*(Path(point, CGROUP_PARENT, task_id, n) for n in containers),
+                         Path(point, CGROUP_PARENT, task_id)]:
+                try:
+                    path.rmdir()
+                except FileNotFoundError:
+                    pass
+                except OSError as error:
+                    problems.append(f"cannot remove cgroup {path}: {error}")
+        subprocess.run(["ip", "netns", "del", f"skiff-{task_id}"], capture_output=True)
+    return problems

@@ -540,3 +540,19 @@ def fresh_server(images):
 def unique():
     """A short unique name for families, clusters and tokens."""
     return f"t{os.urandom(5).hex()}"
+
+
+@pytest.fixture(scope="module")
+def elbv2(server):
+    """A boto3 ELBv2 client for the module's server (responses checked against botocore)."""
+    from lb_support import elbv2_client
+
+    return elbv2_client(server)
+
+
+@pytest.fixture
+def listener_port():
+    """A free loopback port for a load balancer listener."""
+    lock = PortLock()
+    yield lock.port
+    lock.release()

@@ -123,6 +123,7 @@ def test_failures_during_the_start_period_do_not_count(server, unique):
         ],
     )
     [task] = server.run(definition)
+    server.wait_status([task], "RUNNING")
     # Checks run about 5 s and 10 s after the start, both inside the 12 s start period.
     wait_until(
         lambda: "check-ran" in server.logs(task).stdout,

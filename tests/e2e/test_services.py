@@ -301,7 +301,10 @@ def test_control_plane_crash_mid_deployment(fresh_server, unique):
     # No duplicates were started: every task ever started belongs to the two
     # deployments, at most desired + maximumPercent's surge of them.
     everything = tasks + service_tasks(server, unique, desired="STOPPED")
-    assert len(everything) <= 4, [t["taskArn"] for t in everything]
+    assert len(everything) <= 4, "\n".join(
+        [f"{t['taskArn']} {t['lastStatus']} {t.get('stoppedReason')}" for t in everything]
+        + ["--- server log ---", server.log_tail(200)]
+    )
 
 
 def test_the_skiff_service_cli(server, unique):

@@ -269,13 +269,19 @@ impl Agent {
             if prepare::is_finished(&self.task_state_dir(&task_id)) {
                 continue;
             }
-            match self.inner.driver.attach(&task_id).await {
+            match self.inner.driver.adopt(&task_id).await {
                 Ok(client) => {
                     tracing::info!(task_id = %task_id, "re-adopted a running task");
                     self.restore_pins(&task_id);
                     self.spawn_runner(plan, Some(client));
                 }
-                Err(e) => tracing::warn!(task_id = %task_id, error = %e, "cannot re-adopt a task"),
+                Err(e) => {
+                    // Its supervisor is gone: nothing of the task can be followed. Release
+                    // what it held; the control plane's sync then launches it again if it
+                    // never ran, or records it as lost.
+                    tracing::warn!(task_id = %task_id, error = %e, "cannot re-adopt a task; releasing it");
+                    runner::release(self, &task_id).await;
+                }
             }
         }
     }

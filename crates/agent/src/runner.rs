@@ -1,8 +1,10 @@
 //! One task's life on this host, as a sequence the runner walks:
 //!
 //! ```text
-//! PROVISIONING  attach the task network (netns, veth, address)
-//! PENDING       resolve each container's image; mount its root filesystem
+//! PROVISIONING  attach the task network (netns, veth, address); meanwhile resolve
+//!               each container's image (the registry is reached from the host's
+//!               network, so a tag check or pull need not wait for the task's)
+//! PENDING       wait for the images if still resolving; mount the root filesystems
 //! ACTIVATING    hand the task spec to the sandbox driver (starts the supervisor)
 //! RUNNING       follow the supervisor's status; forward a stop request to it
 //! STOPPING      the supervisor stops the containers (SIGTERM, stopTimeout, SIGKILL)
@@ -14,13 +16,25 @@
 //! ECS-style reason (`CannotPullContainerError: ...`, `ResourceInitializationError: ...`);
 //! clean-up runs on every path. A stop request that arrives before ACTIVATING skips
 //! straight to clean-up.
+//!
+//! The network attach and the image work run side by side, and the attach is always
+//! awaited to its end, so that clean-up finds a whole interface or none. The outcome
+//! is decided in the sequential order: a network failure wins, then a stop request,
+//! then an image failure. When the task cannot go on to PENDING the image work is
+//! dropped (pulls are cancel-safe); holds and pins are released as on any failure.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::time::Instant;
 
+use futures::future::{self, MaybeDone};
 use futures::StreamExt;
 use image::{Image, ImageError};
 use model::agent::{ContainerReport, TaskPlan, TaskReport};
 use model::task::{StopCode, TaskStatus};
+use model::Timestamp;
+use net::TaskInterface;
 use sandbox::SupervisorClient;
 use supervisor::protocol::{self, ContainerState, TaskPhase};
 use tokio::sync::watch;
@@ -81,37 +95,26 @@ async fn start(
     prepare::save_plan(&state_dir, plan)
         .map_err(|e| format!("ResourceInitializationError: cannot record the task plan: {e}"))?;
 
-    let interface = agent
-        .inner
-        .network
-        .attach(&plan.task_id, plan.network.address)
-        .await
-        .map_err(|e| {
-            format!(
-                "ResourceInitializationError: failed to configure the task network: {}",
-                model::error_chain(&e)
-            )
-        })?;
+    // A network failure, then a stop, decide before an image failure, as when the
+    // images were resolved after the attach; returning early drops the image work.
+    let pull_started_at = model::now();
+    let mut image_work = pin!(future::maybe_done(resolve_images(agent, plan)));
+    let interface = alongside(attach_network(agent, plan), image_work.as_mut()).await?;
     report.mac_address = Some(interface.mac_address.clone());
     if stop.borrow().is_some() {
         return Ok(None);
     }
 
-    report.pull_started_at = Some(model::now());
+    report.pull_started_at = Some(pull_started_at);
     set_status(agent, report, TaskStatus::Pending);
-    // Each distinct reference is resolved once: every container naming it runs the
-    // same digest (ECS's versionConsistency).
-    let mut by_reference: HashMap<String, Image> = HashMap::new();
-    for c in &plan.containers {
-        if by_reference.contains_key(&c.image) {
-            continue;
-        }
-        let image = agent
-            .image_for(&plan.task_id, &c.image, plan.ephemeral_storage_gib)
-            .await
-            .map_err(|e| pull_failure_reason(&c.image, &c.name, &e))?;
-        by_reference.insert(c.image.clone(), image);
-    }
+    image_work.as_mut().await;
+    let ResolvedImages {
+        by_reference,
+        resolved_at,
+    } = image_work
+        .take_output()
+        .expect("the image work was awaited to its end")?;
+    report.pull_stopped_at = Some(resolved_at);
     agent.pin_images(
         &plan.task_id,
         by_reference.values().map(|i| i.digest.clone()).collect(),
@@ -136,7 +139,6 @@ async fn start(
     })
     .await
     .map_err(|e| format!("ResourceInitializationError: image preparation panicked: {e}"))??;
-    report.pull_stopped_at = Some(model::now());
     report.containers = resolved
         .iter()
         .map(|(c, image, _)| ContainerReport {
@@ -160,6 +162,68 @@ async fn start(
         .await
         .map_err(|e| format!("CannotStartContainerError: {}", model::error_chain(&e)))?;
     Ok(Some(client))
+}
+
+/// Runs `main` to its end while driving `side` as far as it gets meanwhile; the caller
+/// then awaits `side` to its end, or drops it to cancel what is left of it.
+async fn alongside<M: Future, S: Future>(main: M, mut side: Pin<&mut MaybeDone<S>>) -> M::Output {
+    let mut main = pin!(main);
+    future::poll_fn(|cx| {
+        // A finished MaybeDone keeps its output and answers Ready again at once.
+        let _ = side.as_mut().poll(cx);
+        main.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// Attaches the task's network interface; the error is the task's stoppedReason.
+async fn attach_network(agent: &Agent, plan: &TaskPlan) -> Result<TaskInterface, String> {
+    agent
+        .inner
+        .network
+        .attach(&plan.task_id, plan.network.address)
+        .await
+        .map_err(|e| {
+            format!(
+                "ResourceInitializationError: failed to configure the task network: {}",
+                model::error_chain(&e)
+            )
+        })
+}
+
+/// A task's images, each distinct reference resolved once.
+struct ResolvedImages {
+    by_reference: HashMap<String, Image>,
+    /// When the last one was had: the task's pullStoppedAt.
+    resolved_at: Timestamp,
+}
+
+/// Resolves (pulls if needed) each distinct image reference of the task once: every
+/// container naming it runs the same digest (ECS's versionConsistency). The error is
+/// the task's stoppedReason.
+async fn resolve_images(agent: &Agent, plan: &TaskPlan) -> Result<ResolvedImages, String> {
+    let started = Instant::now();
+    let mut by_reference: HashMap<String, Image> = HashMap::new();
+    for c in &plan.containers {
+        if by_reference.contains_key(&c.image) {
+            continue;
+        }
+        let image = agent
+            .image_for(&plan.task_id, &c.image, plan.ephemeral_storage_gib)
+            .await
+            .map_err(|e| pull_failure_reason(&c.image, &c.name, &e))?;
+        by_reference.insert(c.image.clone(), image);
+    }
+    tracing::debug!(
+        task_id = %plan.task_id,
+        images = by_reference.len(),
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "task images resolved"
+    );
+    Ok(ResolvedImages {
+        by_reference,
+        resolved_at: model::now(),
+    })
 }
 
 /// The stoppedReason of a task whose container's image could not be had.
@@ -316,12 +380,30 @@ fn apply_status(
 async fn finish(agent: &Agent, plan: &TaskPlan, mut report: TaskReport) {
     set_status(agent, &mut report, TaskStatus::Deprovisioning);
     let task_id = &plan.task_id;
-    if let Err(e) = agent.inner.driver.remove(task_id).await {
-        tracing::error!(task_id = %task_id, error = %model::error_chain(&e), "cannot remove the sandbox");
-    }
+    release(agent, task_id).await;
     let state_dir = agent.task_state_dir(task_id);
+    for c in &mut report.containers {
+        c.last_status = "STOPPED".into();
+    }
+    report.execution_stopped_at.get_or_insert_with(model::now);
+    if let Err(e) = prepare::mark_finished(&state_dir) {
+        tracing::warn!(task_id = %task_id, error = %e, "cannot mark the task finished");
+    }
+    set_status(agent, &mut report, TaskStatus::Stopped);
+    tracing::info!(task_id = %task_id, reason = report.stopped_reason.as_deref().unwrap_or(""), "task stopped");
+}
+
+/// Releases everything a task holds on this host: its sandbox, root filesystems,
+/// image pins and network interface. Each step tolerates what is already gone.
+pub(crate) async fn release(agent: &Agent, task_id: &str) {
+    match agent.inner.driver.remove(task_id).await {
+        Ok(()) | Err(sandbox::SandboxError::TaskNotFound { .. }) => {}
+        Err(e) => {
+            tracing::error!(task_id = %task_id, error = %model::error_chain(&e), "cannot remove the sandbox")
+        }
+    }
     let released = tokio::task::spawn_blocking({
-        let dir = state_dir.clone();
+        let dir = agent.task_state_dir(task_id);
         move || prepare::release_storage(&dir)
     })
     .await;
@@ -336,15 +418,6 @@ async fn finish(agent: &Agent, plan: &TaskPlan, mut report: TaskReport) {
     if let Err(e) = agent.inner.network.detach(task_id).await {
         tracing::error!(task_id = %task_id, error = %model::error_chain(&e), "cannot detach the task network");
     }
-    for c in &mut report.containers {
-        c.last_status = "STOPPED".into();
-    }
-    report.execution_stopped_at.get_or_insert_with(model::now);
-    if let Err(e) = prepare::mark_finished(&state_dir) {
-        tracing::warn!(task_id = %task_id, error = %e, "cannot mark the task finished");
-    }
-    set_status(agent, &mut report, TaskStatus::Stopped);
-    tracing::info!(task_id = %task_id, reason = report.stopped_reason.as_deref().unwrap_or(""), "task stopped");
 }
 
 /// A task the control plane believes ran here, but whose sandbox is gone.
@@ -363,6 +436,42 @@ pub(crate) async fn report_lost(agent: &Agent, plan: TaskPlan) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::oneshot;
+
+    #[tokio::test]
+    async fn alongside_runs_main_to_its_end_after_side_fails() {
+        let (finish_main, main_may_end) = oneshot::channel::<()>();
+        let mut side = pin!(future::maybe_done(async {
+            // Ends first, and lets main end only then.
+            finish_main.send(()).unwrap();
+            Err::<(), _>("pull failed")
+        }));
+        let main = async { main_may_end.await.map(|()| "attached") };
+        let attached = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            alongside(main, side.as_mut()),
+        )
+        .await
+        .expect("alongside did not drive the side future");
+        assert_eq!(attached, Ok("attached"));
+        assert_eq!(side.take_output(), Some(Err("pull failed")));
+    }
+
+    #[tokio::test]
+    async fn alongside_leaves_an_unfinished_side_to_be_awaited_later() {
+        let (finish_side, side_may_end) = oneshot::channel::<()>();
+        let mut side = pin!(future::maybe_done(async {
+            side_may_end.await.map(|()| "resolved")
+        }));
+        assert_eq!(
+            alongside(async { "attached" }, side.as_mut()).await,
+            "attached"
+        );
+        assert!(matches!(*side, MaybeDone::Future(_)));
+        finish_side.send(()).unwrap();
+        side.as_mut().await;
+        assert_eq!(side.take_output(), Some(Ok("resolved")));
+    }
 
     #[test]
     fn an_image_over_the_ephemeral_storage_is_a_pull_error_saying_what_to_do() {

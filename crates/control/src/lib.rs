@@ -63,6 +63,8 @@ struct Inner {
     /// Serialises address allocation with the task writes that claim the addresses.
     ipam: Mutex<ipam::Ipam>,
     scheduler: services::SchedulerHandle,
+    /// The load balancer services register their tasks with, once attached.
+    balancer: std::sync::OnceLock<lb::Balancer>,
 }
 
 impl Control {
@@ -76,6 +78,7 @@ impl Control {
                 agent: std::sync::Mutex::new(None),
                 ipam: Mutex::new(ipam),
                 scheduler: services::SchedulerHandle::default(),
+                balancer: std::sync::OnceLock::new(),
             }),
         };
         control.rebuild_ipam().await?;
@@ -92,6 +95,18 @@ impl Control {
 
     fn scheduler(&self) -> &services::SchedulerHandle {
         &self.inner.scheduler
+    }
+
+    /// Gives services a load balancer to register their tasks with (their
+    /// `loadBalancers`); without one, services that name target groups are refused.
+    pub fn attach_balancer(&self, balancer: lb::Balancer) {
+        if self.inner.balancer.set(balancer).is_err() {
+            tracing::warn!("a load balancer was already attached; keeping the first");
+        }
+    }
+
+    fn balancer(&self) -> Option<&lb::Balancer> {
+        self.inner.balancer.get()
     }
 
     /// Serves one ECS operation.

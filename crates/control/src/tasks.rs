@@ -408,6 +408,40 @@ impl Control {
         code: StopCode,
         reason: &str,
     ) -> Result<Option<TaskRecord>, EcsError> {
+        self.stop_task_record(cluster, task_id, code, reason, false)
+            .await
+    }
+
+    /// [`Control::request_stop`] for a task whose load balancer targets drain first: it
+    /// goes DEACTIVATING and the agent is told only by [`Control::release_stop`].
+    pub(crate) async fn request_draining_stop(
+        &self,
+        cluster: &str,
+        task_id: &str,
+        code: StopCode,
+        reason: &str,
+    ) -> Result<Option<TaskRecord>, EcsError> {
+        self.stop_task_record(cluster, task_id, code, reason, true)
+            .await
+    }
+
+    /// Tells the agent to stop a task whose draining is over.
+    pub(crate) fn release_stop(&self, task_id: &str, reason: &str) {
+        tracing::info!(task_id, reason, "targets drained; stopping the task");
+        self.send_to_agent(ToAgent::Stop {
+            task_id: task_id.to_string(),
+            reason: reason.to_string(),
+        });
+    }
+
+    async fn stop_task_record(
+        &self,
+        cluster: &str,
+        task_id: &str,
+        code: StopCode,
+        reason: &str,
+        drain: bool,
+    ) -> Result<Option<TaskRecord>, EcsError> {
         let mut newly_stopping = false;
         let record = self
             .update_task(cluster, task_id, |rec| {
@@ -419,11 +453,14 @@ impl Control {
                 t.stop_code.get_or_insert_with(|| code.as_str().into());
                 t.stopped_reason.get_or_insert_with(|| reason.to_string());
                 t.stopping_at.get_or_insert_with(model::now);
+                if drain && t.last_status == TaskStatus::Running {
+                    t.last_status = TaskStatus::Deactivating;
+                }
                 newly_stopping = true;
                 true
             })
             .await?;
-        if newly_stopping {
+        if newly_stopping && !drain {
             tracing::info!(
                 task_id,
                 cluster,

@@ -373,15 +373,22 @@ impl ImageStore {
         let Some(mut record) = self.read_record(digest)? else {
             return Ok(None);
         };
+        self.touch_locked(&mut record)?;
+        Ok(Some(record))
+    }
+
+    /// [`ImageStore::touch`] of a record already read; the caller holds the metadata
+    /// lock.
+    fn touch_locked(&self, record: &mut ImageRecord) -> Result<(), ImageError> {
         let now = now_millis();
         if record
             .last_used
             .is_none_or(|used| now.saturating_sub(used) >= LAST_USED_RESOLUTION.as_millis() as u64)
         {
             record.last_used = Some(now);
-            self.write_record(&record)?;
+            self.write_record(record)?;
         }
-        Ok(Some(record))
+        Ok(())
     }
 
     fn lock_metadata(&self) -> std::sync::MutexGuard<'_, ()> {

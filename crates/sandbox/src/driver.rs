@@ -118,6 +118,16 @@ impl ContainerDriver {
         Ok(SupervisorClient::new(task_id.to_owned(), dir))
     }
 
+    /// Re-adopts a task after an agent restart: [`ContainerDriver::attach`], then waits
+    /// (up to the launch's readiness timeout) for a supervisor that is still starting,
+    /// as one launched just before the previous agent died may be. Fails when the
+    /// supervisor is gone; the caller then removes the sandbox.
+    pub async fn adopt(&self, task_id: &str) -> Result<SupervisorClient, SandboxError> {
+        let client = self.attach(task_id).await?;
+        self.wait_ready(&client, &self.task_dir(task_id)).await?;
+        Ok(client)
+    }
+
     /// The tasks with a sandbox on this host (launched and not removed).
     pub fn tasks(&self) -> Result<Vec<String>, SandboxError> {
         let root = &self.config.state_root;
@@ -144,6 +154,16 @@ impl ContainerDriver {
     /// Cleans up a stopped task: runtime state, leftover processes, cgroups and bundles.
     /// Logs, `status.json` and `supervisor.log` stay for the agent to collect.
     pub async fn remove(&self, task_id: &str) -> Result<(), SandboxError> {
+        validate_task_id(task_id)?;
+        if self.is_incomplete(task_id) {
+            // A launch interrupted before its spec was written: no supervisor and no
+            // container ever existed, only the directory and the cgroups.
+            let driver = self.clone();
+            let task_id = task_id.to_owned();
+            return tokio::task::spawn_blocking(move || driver.cleanup(&task_id))
+                .await
+                .expect("task cleanup does not panic");
+        }
         let client = self.attach(task_id).await?;
         match client.status().await {
             Ok(status) if status.phase != TaskPhase::Stopped => {
@@ -170,8 +190,17 @@ impl ContainerDriver {
     fn prepare(&self, spec: &TaskSpec, dir: &TaskDir) -> Result<(), SandboxError> {
         std::fs::create_dir_all(&self.config.state_root)
             .map_err(SandboxError::io("create", &self.config.state_root))?;
+        if dir.root().is_dir() && !dir.spec().exists() {
+            // A launch interrupted before its spec was written, or a sandbox removed
+            // after its supervisor was lost, launched again: start from a clean
+            // directory, keeping earlier logs.
+            tracing::warn!(task_id = %spec.task_id, "relaunching over an earlier, incomplete sandbox of this task");
+            self.cleanup(&spec.task_id)?;
+        }
         match std::fs::create_dir(dir.root()) {
             Ok(()) => {}
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AlreadyExists && !dir.spec().exists() => {}
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(SandboxError::TaskExists {
                     task_id: spec.task_id.clone(),
@@ -280,13 +309,25 @@ impl ContainerDriver {
         }
     }
 
+    /// Whether the task's directory is a launch interrupted (by a crash) while it was
+    /// being prepared: no spec yet, and no supervisor ever started (its log is opened
+    /// once preparation is done). A removed sandbox has no spec either, but keeps its
+    /// logs, the supervisor's among them.
+    fn is_incomplete(&self, task_id: &str) -> bool {
+        let dir = self.task_dir(task_id);
+        dir.root().is_dir() && !dir.spec().exists() && !dir.supervisor_log().exists()
+    }
+
     fn cleanup(&self, task_id: &str) -> Result<(), SandboxError> {
         let dir = self.task_dir(task_id);
-        let spec: TaskSpec = read_json(&dir.spec())?;
-        for container in &spec.containers {
-            let id = container_id(task_id, &container.name);
-            if self.config.runtime_root.join(&id).exists() {
-                self.runtime_delete(&id, &dir.runtime_log(&container.name))?;
+        // Containers exist only once the spec does (the supervisor creates them).
+        if dir.spec().exists() {
+            let spec: TaskSpec = read_json(&dir.spec())?;
+            for container in &spec.containers {
+                let id = container_id(task_id, &container.name);
+                if self.config.runtime_root.join(&id).exists() {
+                    self.runtime_delete(&id, &dir.runtime_log(&container.name))?;
+                }
             }
         }
         self.cgroups.remove(task_id)?;

@@ -368,3 +368,63 @@ async fn the_supervisor_survives_its_launcher_and_remove_leaves_nothing() {
         "logs stay for the agent"
     );
 }
+
+#[tokio::test]
+async fn a_launch_interrupted_while_preparing_is_discarded() {
+    let harness = Harness::new();
+    let spec = harness.task(vec![harness.container("app", "exit 0")]);
+    harness.track(&spec);
+    let dir = harness.driver.task_dir(&spec.task_id);
+    // What a crash in the middle of a launch's preparation leaves: the task directory
+    // with some of its files, no spec, no supervisor.
+    std::fs::create_dir_all(dir.etc_dir()).unwrap();
+    harness.driver.remove(&spec.task_id).await.unwrap();
+    assert!(!dir.etc_dir().exists());
+
+    std::fs::create_dir_all(dir.etc_dir()).unwrap();
+    let client = harness.driver.launch(spec).await.unwrap();
+    let status = wait_stopped(&client).await;
+    assert_eq!(status.container("app").unwrap().exit_code, Some(0));
+}
+
+#[tokio::test]
+async fn adopting_needs_a_live_supervisor() {
+    let harness = Harness::new();
+    let spec =
+        harness.task(vec![harness.container(
+            "idle",
+            "trap 'exit 0' TERM; while true; do sleep 1; done",
+        )]);
+    harness.track(&spec);
+    let task_id = spec.task_id.clone();
+    harness.launch(spec.clone()).await;
+    let adopted = harness.driver.adopt(&task_id).await.unwrap();
+    assert!(adopted.status().await.is_ok());
+
+    // A supervisor killed with its task still running cannot be adopted; the sandbox
+    // is then removed without it.
+    let dir = harness.driver.task_dir(&task_id);
+    let pid = supervisor_pid(dir.root()).expect("supervisor running");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    let gone = async {
+        while supervisor_pid(dir.root()).is_some() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), gone)
+        .await
+        .unwrap();
+    let refused = harness.driver.adopt(&task_id).await.unwrap_err();
+    assert!(
+        matches!(refused, sandbox::SandboxError::SupervisorNotReady { .. }),
+        "{refused}"
+    );
+    harness.driver.remove(&task_id).await.unwrap();
+    assert!(harness.driver.tasks().unwrap().is_empty());
+
+    // The agent may launch the same task again (it never ran as far as the control
+    // plane knows): the removed sandbox's directory is reused.
+    let relaunched = harness.launch(spec).await;
+    relaunched.stop("test done").await.unwrap();
+    wait_stopped(&relaunched).await;
+}

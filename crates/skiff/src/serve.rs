@@ -131,6 +131,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         },
     )
     .await?;
+    control.attach_balancer(balancer.clone());
 
     let (to_agent, from_control) = mpsc::unbounded_channel();
     let (to_control, from_agent) = mpsc::unbounded_channel();

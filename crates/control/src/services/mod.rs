@@ -11,7 +11,7 @@ mod balancing;
 mod plan;
 mod scheduler;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use model::ops::RunTaskRequest;
 use model::service::*;
@@ -47,6 +47,16 @@ pub(crate) struct SchedulerState {
     pub last_completed: Option<String>,
     /// Whether the steady state was announced (announced once per arrival).
     pub steady: bool,
+    /// Tasks registered with the service's target groups.
+    #[serde(default)]
+    pub registered: BTreeSet<String>,
+    /// Registered tasks whose targets were deregistered.
+    #[serde(default)]
+    pub deregistered: BTreeSet<String>,
+    /// Tasks stopped by the scheduler whose agent stop waits for draining: since when,
+    /// and the stop reason.
+    #[serde(default)]
+    pub draining: BTreeMap<String, (Timestamp, String)>,
 }
 
 pub(crate) fn service_key(cluster: &str, name: &str) -> String {

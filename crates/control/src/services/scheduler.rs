@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use model::service::Service;
-use model::task::{StopCode, TaskStatus};
+use model::task::TaskStatus;
 use model::{EcsError, Timestamp};
 use store::{Expect, StoreError, StoreJsonExt};
 use tokio::sync::Notify;
@@ -47,11 +47,26 @@ impl Control {
     /// Runs scheduling passes until the task is aborted.
     pub(crate) async fn run_scheduler(&self) {
         let handle = self.scheduler().clone();
+        let mut targets = self.balancer().map(|b| b.changes());
         loop {
             if let Err(e) = self.schedule_all().await {
                 tracing::warn!(error = %e, "service scheduling pass failed; retrying");
             }
-            let _ = tokio::time::timeout(TICK, handle.notify.notified()).await;
+            let target_change = async {
+                let changed = match targets.as_mut() {
+                    Some(changes) => changes.changed().await.is_ok(),
+                    None => false,
+                };
+                if !changed {
+                    // No balancer (or it shut down): only the other wake-ups remain.
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                () = handle.notify.notified() => {}
+                () = target_change => {}
+                () = tokio::time::sleep(TICK) => {}
+            }
         }
     }
 
@@ -87,20 +102,18 @@ impl Control {
                 return Ok(());
             }
             let now = model::now();
-            let tasks = self
-                .service_tasks(cluster, &current.value.service, now)
-                .await?;
+            let service = &current.value.service;
+            let records = self.service_tasks(cluster, service).await?;
+            let tasks: Vec<TaskView> = records
+                .iter()
+                .map(|r| self.task_view(service, r, now))
+                .collect();
             let decided = plan(&current.value, &tasks, now);
             let mut record = decided.record;
             carried_events.extend(decided.action_events);
             for (task_id, reason) in &decided.stops {
-                self.request_stop(
-                    cluster,
-                    task_id,
-                    StopCode::ServiceSchedulerInitiated,
-                    reason,
-                )
-                .await?;
+                self.stop_service_task(cluster, &mut record, task_id, reason, now)
+                    .await?;
             }
             if !decided.stops.is_empty() {
                 let ids: Vec<&str> = decided.stops.iter().map(|(id, _)| id.as_str()).collect();
@@ -116,6 +129,7 @@ impl Control {
                         .await,
                 );
             }
+            carried_events.extend(self.sync_targets(&mut record, &records, now).await);
             for message in &carried_events {
                 push_event(&mut record, message.clone(), now);
             }
@@ -175,13 +189,12 @@ impl Control {
         )
     }
 
-    /// The service's tasks (its group in its cluster), as the planner sees them.
+    /// The service's tasks: its group in its cluster.
     async fn service_tasks(
         &self,
         cluster: &str,
         service: &Service,
-        now: Timestamp,
-    ) -> Result<Vec<TaskView>, EcsError> {
+    ) -> Result<Vec<TaskRecord>, EcsError> {
         let group = service_group(&service.service_name);
         let records = self
             .store()
@@ -192,23 +205,30 @@ impl Control {
             .into_iter()
             .map(|v| v.value)
             .filter(|r| r.task.group.as_deref() == Some(group.as_str()))
-            .map(|r| TaskView {
-                id: r.task.id().to_string(),
-                deployment: r.task.started_by.clone(),
-                last_status: r.task.last_status,
-                desired_running: r.task.desired_status == TaskStatus::Running,
-                started_at: r.task.started_at,
-                stop_code: r.task.stop_code.clone(),
-                stopped_reason: r.task.stopped_reason.clone(),
-                health: task_health(&r, now),
-            })
             .collect())
+    }
+
+    /// A task as the planner sees it.
+    fn task_view(&self, service: &Service, record: &TaskRecord, now: Timestamp) -> TaskView {
+        let task = &record.task;
+        TaskView {
+            id: task.id().to_string(),
+            deployment: task.started_by.clone(),
+            last_status: task.last_status,
+            desired_running: task.desired_status == TaskStatus::Running,
+            started_at: task.started_at,
+            stop_code: task.stop_code.clone(),
+            stopped_reason: task.stopped_reason.clone(),
+            health: task_health(record, self.target_health(service, record), now),
+        }
     }
 }
 
-/// ECS's health of a service task: its container health checks when an essential
-/// container has one, else 40 seconds of RUNNING.
-fn task_health(record: &TaskRecord, now: Timestamp) -> Health {
+/// ECS's health of a service task: unhealthy if its container checks or its load
+/// balancer targets say so; healthy when every check that applies passes (container
+/// checks of essential containers, target health); with neither, after 40 seconds of
+/// RUNNING.
+fn task_health(record: &TaskRecord, targets: Option<Health>, now: Timestamp) -> Health {
     let task = &record.task;
     if task.last_status != TaskStatus::Running {
         return Health::Pending;
@@ -218,16 +238,22 @@ fn task_health(record: &TaskRecord, now: Timestamp) -> Health {
         .containers
         .iter()
         .any(|c| c.essential && c.health_check.is_some());
-    if checked {
-        return match task.health_status.as_str() {
-            "HEALTHY" => Health::Healthy,
-            "UNHEALTHY" => Health::Unhealthy("container health checks".into()),
-            _ => Health::Pending,
-        };
-    }
-    match task.started_at {
-        Some(started) if now - started >= HEALTHY_AFTER_SECS => Health::Healthy,
+    let containers = checked.then(|| match task.health_status.as_str() {
+        "HEALTHY" => Health::Healthy,
+        "UNHEALTHY" => Health::Unhealthy("container health checks".into()),
         _ => Health::Pending,
+    });
+    match (containers, targets) {
+        (Some(unhealthy @ Health::Unhealthy(_)), _)
+        | (_, Some(unhealthy @ Health::Unhealthy(_))) => unhealthy,
+        (Some(Health::Healthy), None | Some(Health::Healthy)) | (None, Some(Health::Healthy)) => {
+            Health::Healthy
+        }
+        (Some(_), _) | (None, Some(_)) => Health::Pending,
+        (None, None) => match task.started_at {
+            Some(started) if now - started >= HEALTHY_AFTER_SECS => Health::Healthy,
+            _ => Health::Pending,
+        },
     }
 }
 

@@ -637,8 +637,7 @@ impl ImageStore {
         let Some(mut record) = self.read_record(manifest)? else {
             return Ok(None);
         };
-        record.last_used = Some(super::now_millis());
-        self.write_record(&record)?;
+        self.touch_locked(&mut record)?;
         let names = self.point_names(names, manifest, super::Origin::Registry)?;
         Ok(Some(record.into_image(names)))
     }
