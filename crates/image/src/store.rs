@@ -28,7 +28,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -42,9 +42,6 @@ use crate::inflight::InFlight;
 use crate::manifest::{self, ImageConfig};
 use crate::reference::{normalize_reference, Reference};
 use crate::unpack::{LayerStore, UnpackBudget};
-
-/// How precisely the last use of an image is recorded (for LRU eviction).
-const LAST_USED_RESOLUTION: Duration = Duration::from_secs(1);
 
 /// A loaded image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,8 +363,6 @@ impl ImageStore {
     }
 
     /// Sets an image's last-used time to now and returns its record, if it exists.
-    /// A time less than [`LAST_USED_RESOLUTION`] old is left alone, so that starting
-    /// many tasks of one image does not rewrite (and fsync) its record every time.
     fn touch(&self, digest: &Digest) -> Result<Option<ImageRecord>, ImageError> {
         let _guard = self.lock_metadata();
         let Some(mut record) = self.read_record(digest)? else {
@@ -378,17 +373,18 @@ impl ImageStore {
     }
 
     /// [`ImageStore::touch`] of a record already read; the caller holds the metadata
-    /// lock.
+    /// lock. The record is replaced atomically but not synced to disk: the last-used
+    /// time only orders evictions, and every task start sets it, so losing the latest
+    /// one in a crash is harmless while an fsync per task start is not.
     fn touch_locked(&self, record: &mut ImageRecord) -> Result<(), ImageError> {
-        let now = now_millis();
-        if record
-            .last_used
-            .is_none_or(|used| now.saturating_sub(used) >= LAST_USED_RESOLUTION.as_millis() as u64)
-        {
-            record.last_used = Some(now);
-            self.write_record(record)?;
-        }
-        Ok(())
+        record.last_used = Some(now_millis());
+        let bytes = serde_json::to_vec_pretty(&*record).expect("an image record always serializes");
+        write_atomically(
+            &self.inner.images_dir,
+            &self.record_path(&record.digest),
+            &bytes,
+            Durability::Unsynced,
+        )
     }
 
     fn lock_metadata(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -468,6 +464,7 @@ impl ImageStore {
             &self.inner.images_dir,
             &self.record_path(&record.digest),
             &bytes,
+            Durability::Synced,
         )
     }
 
@@ -526,7 +523,12 @@ impl ImageStore {
     /// Replaces `refs.json`. The caller holds the metadata lock.
     fn write_names(&self, index: &NameIndex) -> Result<(), ImageError> {
         let bytes = serde_json::to_vec_pretty(index).expect("the name index always serializes");
-        write_atomically(&self.inner.root, &self.inner.refs_path, &bytes)
+        write_atomically(
+            &self.inner.root,
+            &self.inner.refs_path,
+            &bytes,
+            Durability::Synced,
+        )
     }
 }
 
@@ -537,14 +539,30 @@ fn now_millis() -> u64 {
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
-/// Writes `bytes` to `path` through a flushed temporary file in `dir` and a rename.
-fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+/// Whether [`write_atomically`] syncs the new contents before the rename.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    Synced,
+    Unsynced,
+}
+
+/// Writes `bytes` to `path` through a temporary file in `dir` and a rename: readers see
+/// the old contents or the new, never a mix.
+fn write_atomically(
+    dir: &Path,
+    path: &Path,
+    bytes: &[u8],
+    durability: Durability,
+) -> Result<(), ImageError> {
     let mut temp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .tempfile_in(dir)
         .map_err(|source| ImageError::io("create a temporary file in", dir, source))?;
     temp.write_all(bytes)
-        .and_then(|()| temp.as_file().sync_data())
+        .and_then(|()| match durability {
+            Durability::Synced => temp.as_file().sync_data(),
+            Durability::Unsynced => Ok(()),
+        })
         .map_err(|source| ImageError::io("write", temp.path().to_owned(), source))?;
     temp.persist(path)
         .map_err(|err| ImageError::io("replace", path, err.error))?;

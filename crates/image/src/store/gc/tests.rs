@@ -166,7 +166,7 @@ fn eviction_removes_least_recently_used_images_first() {
         store.write_record(&record).unwrap();
     }
     store.resolve("first:1").unwrap();
-    // Used again within the resolution: not rewritten.
+    // Every use moves the time forward, however soon after the last one.
     let used = |digest: &str| {
         let digest = Digest::parse(digest).unwrap();
         store.read_record(&digest).unwrap().unwrap().last_used
@@ -174,7 +174,7 @@ fn eviction_removes_least_recently_used_images_first() {
     let recorded = used(&first);
     std::thread::sleep(Duration::from_millis(5));
     store.resolve("first:1").unwrap();
-    assert_eq!(used(&first), recorded);
+    assert!(used(&first) > recorded);
 
     let usage = store.usage().unwrap();
     assert_eq!(
