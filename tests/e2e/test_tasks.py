@@ -4,10 +4,12 @@ CLI and boto3, with response shapes as botocore parses them."""
 import datetime
 import json
 
+import boto3
+
 import pytest
 from botocore.exceptions import ClientError, WaiterError
 
-from conftest import LONG_RUNNING, container, task_id
+from conftest import LONG_RUNNING, REGION, container, task_id
 
 TIMESTAMPS = (
     "createdAt",
@@ -45,14 +47,29 @@ def printer(server):
     )
 
 
+def default_subnet(server):
+    """The default VPC's subnet, as a new account has one."""
+    key, secret = server.credentials()
+    ec2 = boto3.session.Session().client(
+        "ec2",
+        endpoint_url=server.endpoint,
+        region_name=REGION,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+    )
+    subnets = ec2.describe_subnets()["Subnets"]
+    return next(s["SubnetId"] for s in subnets if s["DefaultForAz"])
+
+
 def test_run_task_with_boto3_shapes(server, printer):
+    subnet = default_subnet(server)
     response = server.ecs.run_task(
         taskDefinition=printer,
         launchType="FARGATE",
         startedBy="e2e-shapes",
         group="batch:shapes",
         networkConfiguration={
-            "awsvpcConfiguration": {"subnets": ["subnet-e2e"], "assignPublicIp": "DISABLED"}
+            "awsvpcConfiguration": {"subnets": [subnet], "assignPublicIp": "DISABLED"}
         },
     )
     assert response["failures"] == []
@@ -69,7 +86,7 @@ def test_run_task_with_boto3_shapes(server, printer):
     assert isinstance(task["createdAt"], datetime.datetime)
     assert isinstance(task["version"], int)
     details = {d["name"]: d["value"] for d in task["attachments"][0]["details"]}
-    assert details["subnetId"] == "subnet-e2e"
+    assert details["subnetId"] == subnet
 
     [stopped] = server.wait_stopped([task])
     for field in TIMESTAMPS:

@@ -7,14 +7,19 @@
 //! points); the sandbox driver keeps the supervisor's side. When the agent restarts it
 //! re-adopts every task whose supervisor still exists, before it says `Hello`, so the
 //! control plane's `Sync` finds it already tracking them.
+//!
+//! The agent also serves the task metadata endpoint at 169.254.170.2 (see [`metadata`]);
+//! runners keep its registry of tasks up to date as they report.
 
 mod images;
+mod metadata;
 mod prepare;
 mod runner;
 
 use std::collections::HashMap;
 
 pub use images::ImageSettings;
+pub use metadata::MetadataError;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -50,6 +55,8 @@ pub enum AgentError {
     Network(#[from] net::NetError),
     #[error("cannot use the sandbox driver")]
     Sandbox(#[from] sandbox::SandboxError),
+    #[error("cannot start the task metadata endpoint")]
+    Metadata(#[from] MetadataError),
     #[error("task {task_id} is not known to this agent: check the task id with `skiff ps`")]
     UnknownTask { task_id: String },
 }
@@ -72,6 +79,8 @@ struct Inner {
     reports: mpsc::UnboundedSender<FromAgent>,
     /// Runners by task id; sending a reason on the channel asks the task to stop.
     runners: Mutex<HashMap<String, watch::Sender<Option<String>>>>,
+    /// What the task metadata endpoint serves, kept up to date by the runners.
+    metadata: Arc<metadata::Registry>,
 }
 
 impl Agent {
@@ -91,6 +100,17 @@ impl Agent {
         let registry = images::registry(&config.images, logins.clone())?;
         let network = HostNetwork::init(config.bridge.clone()).await?;
         let driver = ContainerDriver::new(config.driver.clone())?;
+        let metadata = Arc::new(metadata::Registry::default());
+        metadata::start(
+            network.bridge(),
+            metadata.clone(),
+            metadata::HostPaths {
+                agent_tasks: tasks_dir.clone(),
+                sandbox_root: config.driver.state_root.clone(),
+                cgroup_parent: config.driver.cgroup_parent.clone(),
+            },
+        )
+        .await?;
         let agent = Agent {
             inner: Arc::new(Inner {
                 config,
@@ -102,6 +122,7 @@ impl Agent {
                 driver,
                 reports,
                 runners: Mutex::new(HashMap::new()),
+                metadata,
             }),
         };
         agent.adopt_survivors().await;
@@ -146,7 +167,7 @@ impl Agent {
         });
         while let Some(message) = from_control.recv().await {
             match message {
-                ToAgent::Launch { plan } => self.launch(plan),
+                ToAgent::Launch { plan } => self.launch(*plan),
                 ToAgent::Stop { task_id, reason } => self.stop(&task_id, reason),
                 ToAgent::Sync { tasks } => self.sync(tasks).await,
                 ToAgent::Forget { task_id } => self.forget(&task_id).await,
@@ -161,6 +182,7 @@ impl Agent {
     }
 
     fn report(&self, report: TaskReport) {
+        self.inner.metadata.update_report(&report);
         self.send(FromAgent::Report(report));
     }
 
@@ -194,6 +216,7 @@ impl Agent {
         let agent = self.clone();
         tokio::spawn(async move {
             runner::run(&agent, plan, adopted, stop_rx).await;
+            agent.inner.metadata.remove(&task_id);
             agent.runners().remove(&task_id);
         });
     }

@@ -8,6 +8,8 @@ use image::{Image, ImageStore};
 use model::agent::{ContainerPlan, TaskPlan};
 use supervisor::spec::{Condition, ContainerSpec, Dependency, HealthCheck, TaskSpec};
 
+use crate::metadata::{self, TaskEndpoint};
+
 const PLAN_FILE: &str = "plan.json";
 const FINISHED_FILE: &str = "finished";
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -105,15 +107,23 @@ pub(crate) fn hostname(plan: &TaskPlan) -> String {
     )
 }
 
-/// Builds the sandbox's task spec from the plan and each container's image.
+/// Builds the sandbox's task spec from the plan, each container's image, and the
+/// task's metadata endpoint (each container's URIs).
 pub(crate) fn task_spec(
     plan: &TaskPlan,
     netns_path: PathBuf,
     containers: &[(ContainerPlan, Image, PathBuf)],
+    endpoint: &TaskEndpoint,
 ) -> Result<TaskSpec, String> {
     let mut specs = Vec::new();
     for (c, image, rootfs) in containers {
-        specs.push(container_spec(c, image, rootfs.clone())?);
+        let token = endpoint.token(&c.name).ok_or_else(|| {
+            format!(
+                "ResourceInitializationError: container {} has no metadata endpoint token",
+                c.name
+            )
+        })?;
+        specs.push(container_spec(c, image, rootfs.clone(), token)?);
     }
     Ok(TaskSpec {
         task_id: plan.task_id.clone(),
@@ -130,6 +140,7 @@ fn container_spec(
     c: &ContainerPlan,
     image: &Image,
     rootfs: PathBuf,
+    metadata_token: &str,
 ) -> Result<ContainerSpec, String> {
     let config = &image.config;
     // Docker's rule: an entrypoint given by the user also replaces the image's CMD.
@@ -152,7 +163,10 @@ fn container_spec(
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(DEFAULT_PATH.into());
     }
-    for (name, value) in &c.environment {
+    // The agent's own variables come last: like ECS, it sets them whatever the task
+    // definition says.
+    let agent_env = metadata::container_environment(metadata_token);
+    for (name, value) in c.environment.iter().chain(&agent_env) {
         let entry = format!("{name}={value}");
         match env
             .iter_mut()

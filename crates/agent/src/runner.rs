@@ -39,7 +39,7 @@ use sandbox::SupervisorClient;
 use supervisor::protocol::{self, ContainerState, TaskPhase};
 use tokio::sync::watch;
 
-use crate::{prepare, Agent};
+use crate::{metadata, prepare, Agent};
 
 const OOM_REASON: &str = "OutOfMemoryError: Container killed due to memory usage";
 
@@ -55,7 +55,10 @@ pub(crate) async fn run(
         ..Default::default()
     };
     let client = match adopted {
-        Some(client) => Some(client),
+        Some(client) => {
+            serve_metadata_of_adopted(agent, &plan, &report);
+            Some(client)
+        }
         None => match start(agent, &plan, &mut report, &stop).await {
             Ok(client) => client,
             Err(reason) => {
@@ -154,7 +157,20 @@ async fn start(
     }
 
     set_status(agent, report, TaskStatus::Activating);
-    let spec = prepare::task_spec(plan, interface.netns_path.clone(), &resolved)?;
+    let endpoint = metadata::TaskEndpoint::new(
+        plan,
+        interface.host_interface.clone(),
+        interface.mac_address.clone(),
+        model::now(),
+    );
+    endpoint.save(&state_dir).map_err(|e| {
+        format!("ResourceInitializationError: cannot record the task metadata endpoint: {e}")
+    })?;
+    agent
+        .inner
+        .metadata
+        .register(plan, endpoint.clone(), report.clone());
+    let spec = prepare::task_spec(plan, interface.netns_path.clone(), &resolved, &endpoint)?;
     let client = agent
         .inner
         .driver
@@ -162,6 +178,21 @@ async fn start(
         .await
         .map_err(|e| format!("CannotStartContainerError: {}", model::error_chain(&e)))?;
     Ok(Some(client))
+}
+
+/// Serves the metadata of a task a previous agent launched, with the tokens it gave
+/// the containers.
+fn serve_metadata_of_adopted(agent: &Agent, plan: &TaskPlan, report: &TaskReport) {
+    match metadata::TaskEndpoint::load(&agent.task_state_dir(&plan.task_id)) {
+        Some(endpoint) => agent
+            .inner
+            .metadata
+            .register(plan, endpoint, report.clone()),
+        None => tracing::warn!(
+            task_id = %plan.task_id,
+            "no saved metadata endpoint for a re-adopted task: its metadata is not served"
+        ),
+    }
 }
 
 /// Runs `main` to its end while driving `side` as far as it gets meanwhile; the caller
@@ -181,7 +212,11 @@ async fn attach_network(agent: &Agent, plan: &TaskPlan) -> Result<TaskInterface,
     agent
         .inner
         .network
-        .attach(&plan.task_id, plan.network.address)
+        .attach(
+            &plan.task_id,
+            plan.network.address,
+            plan.network.security.as_ref(),
+        )
         .await
         .map_err(|e| {
             format!(
@@ -310,6 +345,7 @@ fn apply_status(
     report: &mut TaskReport,
     status: &protocol::TaskStatus,
 ) {
+    agent.inner.metadata.update_status(&plan.task_id, status);
     let before = report.clone();
     let millis = |ms: Option<u64>| ms.map(|ms| ms as f64 / 1000.0);
     for c in &status.containers {

@@ -1,5 +1,5 @@
 //! The ECS wire protocol, both sides of it, and the AWS Query protocol ([`query`]) that
-//! serves the ELBv2 API (`elbv2`) beside it.
+//! serves the ELBv2 API (`elbv2`) and the EC2 network subset (`ec2`) beside it.
 //!
 //! The server side (request/response shapes, error mapping, the HTTP router) verifies
 //! every request with [`sigv4`]; the client side ([`client`], used by the `skiff` CLI)
@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod credentials;
+mod ec2;
 mod elbv2;
 mod metrics;
 mod native;

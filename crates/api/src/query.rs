@@ -15,10 +15,18 @@
 //!
 //! [`QueryRequest`] decodes the form and [`Params`] reads members from it (a `Params` of
 //! a list element or nested structure is a view with a longer prefix). The answer is XML:
-//! [`XmlWriter`] builds it, [`response`] wraps a result in the
-//! `<ActionResponse><ActionResult>…</ActionResult><ResponseMetadata>` envelope, and
-//! [`error_response`] renders `<ErrorResponse><Error><Type><Code><Message>` as botocore's
-//! query parser reads it.
+//! [`XmlWriter`] builds it and an [`Envelope`] wraps it the way the service's botocore
+//! parser reads it:
+//!
+//! ```text
+//! Wrapped (ELBv2)  <ActionResponse><ActionResult>…</ActionResult><ResponseMetadata>
+//!                  <ErrorResponse><Error><Type><Code><Message></Error><RequestId>
+//! Ec2              <ActionResponse><requestId>…</requestId>…</ActionResponse>
+//!                  <Response><Errors><Error><Code><Message></Error></Errors><RequestID>
+//! ```
+//!
+//! Lists are `<member>` elements ([`XmlWriter::list`]), EC2's `<item>` elements
+//! ([`XmlWriter::items`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{Display, Write};
@@ -235,12 +243,12 @@ impl QueryFault {
         QueryFault::new(400, "ValidationError", message)
     }
 
-    /// Renders the fault as an XML error response carrying `request_id`.
-    pub fn into_response(self, request_id: &str) -> Response {
+    /// Renders the fault as an XML error response in `envelope`, carrying `request_id`.
+    pub fn into_response(self, envelope: Envelope, request_id: &str) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
         xml_response(
             status,
-            error_response(self.code, &self.message, self.status < 500, request_id),
+            envelope.error(self.code, &self.message, self.status < 500, request_id),
             request_id,
         )
     }
@@ -300,13 +308,33 @@ impl XmlWriter {
         &mut self,
         name: &str,
         items: impl IntoIterator<Item = T>,
+        body: impl FnMut(&mut XmlWriter, T),
+    ) -> &mut Self {
+        self.elements(name, "member", items, body)
+    }
+
+    /// `<name><item>…</item>…</name>`: EC2's lists.
+    pub fn items<T>(
+        &mut self,
+        name: &str,
+        items: impl IntoIterator<Item = T>,
+        body: impl FnMut(&mut XmlWriter, T),
+    ) -> &mut Self {
+        self.elements(name, "item", items, body)
+    }
+
+    fn elements<T>(
+        &mut self,
+        name: &str,
+        element: &str,
+        items: impl IntoIterator<Item = T>,
         mut body: impl FnMut(&mut XmlWriter, T),
     ) -> &mut Self {
         self.open(name);
         for item in items {
-            self.open("member");
+            self.open(element);
             body(self, item);
-            self.close("member");
+            self.close(element);
         }
         self.close(name)
     }
@@ -341,6 +369,64 @@ fn escape_into(out: &mut String, text: &str) {
             _ => out.push(c),
         }
     }
+}
+
+/// How a Query service wraps results and errors (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Envelope {
+    Wrapped,
+    Ec2,
+}
+
+impl Envelope {
+    /// The success document for `action`.
+    pub fn response(
+        self,
+        action: &str,
+        namespace: &str,
+        result: XmlWriter,
+        request_id: &str,
+    ) -> String {
+        match self {
+            Envelope::Wrapped => response(action, namespace, result, request_id),
+            Envelope::Ec2 => ec2_response(action, namespace, result, request_id),
+        }
+    }
+
+    /// The error document; `sender` says the client is at fault.
+    pub fn error(self, code: &str, message: &str, sender: bool, request_id: &str) -> String {
+        match self {
+            Envelope::Wrapped => error_response(code, message, sender, request_id),
+            Envelope::Ec2 => ec2_error_response(code, message, request_id),
+        }
+    }
+}
+
+/// EC2's success envelope: `<{action}Response xmlns=…><requestId>…</requestId>result
+/// </{action}Response>`.
+pub fn ec2_response(action: &str, namespace: &str, result: XmlWriter, request_id: &str) -> String {
+    let mut out = String::with_capacity(result.out.len() + 256);
+    out.push_str(r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+    let _ = write!(out, r#"<{action}Response xmlns="{namespace}"><requestId>"#);
+    escape_into(&mut out, request_id);
+    let _ = write!(out, "</requestId>{}</{action}Response>", result.out);
+    out
+}
+
+/// EC2's error envelope: `<Response><Errors><Error><Code><Message>…</Errors>
+/// <RequestID>`.
+pub fn ec2_error_response(code: &str, message: &str, request_id: &str) -> String {
+    let mut body = XmlWriter::new();
+    body.structure("Errors", |w| {
+        w.structure("Error", |w| {
+            w.text("Code", code).text("Message", message);
+        });
+    })
+    .text("RequestID", request_id);
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><Response>{}</Response>"#,
+        body.finish()
+    )
 }
 
 /// The success envelope: `<{action}Response xmlns=…><{action}Result>result</…>
@@ -452,5 +538,27 @@ mod tests {
         );
         let error = error_response("TargetGroupNotFound", "no \"tg\"", true, "req-2");
         assert!(error.contains("<Error><Type>Sender</Type><Code>TargetGroupNotFound</Code><Message>no &quot;tg&quot;</Message></Error><RequestId>req-2</RequestId>"), "{error}");
+    }
+
+    #[test]
+    fn writes_ec2_envelopes_and_item_lists() {
+        let mut w = XmlWriter::new();
+        w.items("vpcSet", ["vpc-1"], |w, id| {
+            w.text("vpcId", id);
+        });
+        assert_eq!(
+            Envelope::Ec2.response("DescribeVpcs", "urn:ec2", w, "req-1"),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><DescribeVpcsResponse xmlns=\"urn:ec2\">\
+             <requestId>req-1</requestId><vpcSet><item><vpcId>vpc-1</vpcId></item></vpcSet>\
+             </DescribeVpcsResponse>"
+        );
+        assert_eq!(
+            Envelope::Ec2.error("InvalidVpcID.NotFound", "no <vpc>", true, "req-2"),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error>\
+             <Code>InvalidVpcID.NotFound</Code><Message>no &lt;vpc&gt;</Message></Error></Errors>\
+             <RequestID>req-2</RequestID></Response>"
+        );
+        let wrapped = Envelope::Wrapped.error("X", "m", false, "r");
+        assert!(wrapped.contains("<Type>Receiver</Type>"), "{wrapped}");
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! POST /                               ECS: X-Amz-Target AmazonEC2ContainerServiceV20141113.<Op>
-//! POST /  (form-encoded, no target)    AWS Query protocol, by Version: ELBv2 (2015-12-01)
+//! POST /  (form-encoded, no target)    AWS Query protocol, by Version: ELBv2 (2015-12-01),
+//!                                      EC2 (2016-11-15)
 //! POST /skiff/v1/images/load           import a docker-save / OCI layout tarball (streamed)
 //! GET  /skiff/v1/images                list images
 //! POST /skiff/v1/images/pull           pull {reference}: progress as JSON lines
@@ -17,7 +18,8 @@
 //!
 //! The router only authenticates, parses and renders: operations are [`model::ops::Request`]
 //! messages handled by [`control::Control`]; images and logs are the agent's; ELBv2 calls
-//! are [`lb::Balancer`]'s.
+//! are [`lb::Balancer`]'s; EC2 calls (VPCs, subnets, security groups) are the control
+//! plane's too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,7 +36,7 @@ use serde_json::json;
 
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
-use crate::query::QueryFault;
+use crate::query::{Envelope, QueryFault};
 use crate::sigv4::{self, Payload, RequestParts, VerifyParams};
 
 const TARGET_PREFIX: &str = "AmazonEC2ContainerServiceV20141113.";
@@ -208,18 +210,27 @@ async fn query(
             shared
                 .metrics
                 .record("unknown", e.code(), started.elapsed());
-            return QueryFault::from(e).into_response(&request_id);
+            return QueryFault::from(e).into_response(Envelope::Wrapped, &request_id);
         }
     };
-    let (service, namespace) = match request.version.as_str() {
-        crate::elbv2::VERSION => (crate::elbv2::SIGNING_NAME, crate::elbv2::NAMESPACE),
+    let (service, namespace, envelope) = match request.version.as_str() {
+        crate::elbv2::VERSION => (
+            crate::elbv2::SIGNING_NAME,
+            crate::elbv2::NAMESPACE,
+            Envelope::Wrapped,
+        ),
+        crate::ec2::VERSION => (
+            crate::ec2::SIGNING_NAME,
+            crate::ec2::NAMESPACE,
+            Envelope::Ec2,
+        ),
         other => {
             let fault = QueryFault::new(
                 400,
                 "InvalidAction",
-                format!("API version {other} is not served here: Skiff speaks ELBv2 (2015-12-01) over the Query protocol"),
+                format!("API version {other} is not served here: Skiff speaks ELBv2 (2015-12-01) and EC2 (2016-11-15) over the Query protocol"),
             );
-            return fault.into_response(&request_id);
+            return fault.into_response(Envelope::Wrapped, &request_id);
         }
     };
     let outcome = match authenticate_as(
@@ -230,6 +241,7 @@ async fn query(
         headers,
         Payload::Bytes(body),
     ) {
+        Ok(_) if envelope == Envelope::Ec2 => crate::ec2::handle(&shared.state, &request).await,
         Ok(_) => crate::elbv2::handle(&shared.state, &request).await,
         Err(e) => Err(QueryFault::new(e.status.as_u16(), e.kind, e.message)),
     };
@@ -238,14 +250,14 @@ async fn query(
             shared
                 .metrics
                 .record(&request.action, "ok", started.elapsed());
-            let xml = crate::query::response(&request.action, namespace, result, &request_id);
+            let xml = envelope.response(&request.action, namespace, result, &request_id);
             crate::query::xml_response(StatusCode::OK, xml, &request_id)
         }
         Err(fault) => {
             shared
                 .metrics
                 .record(&request.action, fault.code, started.elapsed());
-            fault.into_response(&request_id)
+            fault.into_response(envelope, &request_id)
         }
     }
 }

@@ -1,6 +1,10 @@
-//! Task address allocation from the task subnet. The control plane is the only writer,
+//! Task address allocation from the task network. The control plane is the only writer,
 //! so an in-memory set of addresses held by tasks that are not yet STOPPED, rebuilt from
 //! the store at start, is the whole state.
+//!
+//! The task network is the default VPC's CIDR; each subnet of it allocates from its own
+//! CIDR, but every task sees the whole network on-link with the bridge (the network's
+//! first host) as its gateway, so one set of addresses serves every subnet.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -32,15 +36,28 @@ impl Ipam {
         self.subnet.prefix_len()
     }
 
-    /// The lowest free host address, the gateway excluded.
-    pub(crate) fn allocate(&mut self) -> Option<Ipv4Addr> {
+    /// The lowest free host address of `within` (a subnet of the task network), the
+    /// gateway excluded.
+    pub(crate) fn allocate(&mut self, within: Ipv4Net) -> Option<Ipv4Addr> {
         let gateway = self.gateway();
-        let address = self
-            .subnet
+        let address = within
             .hosts()
             .find(|a| *a != gateway && !self.in_use.contains(a))?;
         self.in_use.insert(address);
         Some(address)
+    }
+
+    /// How many addresses of `within` are free for tasks.
+    pub(crate) fn available(&self, within: Ipv4Net) -> u32 {
+        let hosts = match within.prefix_len() {
+            32 => 1,
+            31 => 2,
+            len => (1u32 << (32 - len)) - 2,
+        };
+        let gateway = u32::from(within.contains(&self.gateway()));
+        let (first, last) = (within.network(), within.broadcast());
+        let used = self.in_use.range(first..=last).count();
+        hosts.saturating_sub(gateway + u32::try_from(used).unwrap_or(u32::MAX))
     }
 
     pub(crate) fn claim(&mut self, address: Ipv4Addr) {
@@ -73,11 +90,34 @@ mod tests {
     fn allocates_lowest_free_and_reuses_released() {
         let mut ipam = Ipam::new("10.9.0.0/29".parse().unwrap());
         assert_eq!(ipam.gateway(), Ipv4Addr::new(10, 9, 0, 1));
-        let a: Vec<_> = (0..5).map(|_| ipam.allocate().unwrap()).collect();
+        let net = "10.9.0.0/29".parse().unwrap();
+        assert_eq!(ipam.available(net), 5);
+        let a: Vec<_> = (0..5).map(|_| ipam.allocate(net).unwrap()).collect();
         assert_eq!(a[0], Ipv4Addr::new(10, 9, 0, 2));
         assert_eq!(a[4], Ipv4Addr::new(10, 9, 0, 6));
-        assert_eq!(ipam.allocate(), None, "the /29 has 5 task addresses");
+        assert_eq!(ipam.allocate(net), None, "the /29 has 5 task addresses");
+        assert_eq!(ipam.available(net), 0);
         ipam.release(a[1]);
-        assert_eq!(ipam.allocate(), Some(a[1]));
+        assert_eq!(ipam.allocate(net), Some(a[1]));
+    }
+
+    #[test]
+    fn allocates_within_a_subnet_of_the_network() {
+        let mut ipam = Ipam::new("10.9.0.0/16".parse().unwrap());
+        let upper: Ipv4Net = "10.9.128.0/28".parse().unwrap();
+        assert_eq!(ipam.available(upper), 14);
+        assert_eq!(ipam.allocate(upper), Some(Ipv4Addr::new(10, 9, 128, 1)));
+        assert_eq!(ipam.available(upper), 13);
+        let lower: Ipv4Net = "10.9.0.0/28".parse().unwrap();
+        assert_eq!(
+            ipam.available(lower),
+            13,
+            "the gateway is not a task address"
+        );
+        assert_eq!(ipam.allocate(lower), Some(Ipv4Addr::new(10, 9, 0, 2)));
+        assert_eq!(
+            ipam.available("10.9.0.0/16".parse().unwrap()),
+            65534 - 1 - 2
+        );
     }
 }

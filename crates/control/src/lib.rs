@@ -12,6 +12,7 @@
 //! tasks/<cluster>/<task id>            TaskRecord (the Task, its plan, its placement)
 //! tokens/<cluster>/<client token>      RunTask idempotency record
 //! services/<cluster>/<name>            ServiceRecord (the Service and its scheduler state)
+//! vpcs/, subnets/, security-groups/    the EC2 network records (see [`vpc`])
 //! ```
 //!
 //! Agents are reached through [`model::agent`] messages (see [`Control::attach_agent`]).
@@ -23,6 +24,7 @@ mod services;
 mod tags;
 mod task_definitions;
 mod tasks;
+pub mod vpc;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,10 +44,9 @@ pub use tasks::TaskRecord;
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
     pub scope: Scope,
-    /// The subnet task addresses come from; its first host address is the gateway.
+    /// The default VPC's CIDR, which task addresses come from; its first host address
+    /// is the gateway.
     pub subnet: Ipv4Net,
-    /// The subnet id reported in task attachments when RunTask names none.
-    pub default_subnet_id: String,
     /// How long a stopped task stays describable.
     pub stopped_task_retention: Duration,
 }
@@ -81,6 +82,7 @@ impl Control {
                 balancer: std::sync::OnceLock::new(),
             }),
         };
+        control.ensure_default_network().await?;
         control.rebuild_ipam().await?;
         Ok(control)
     }

@@ -291,6 +291,8 @@ mod tests {
                 gateway: "10.1.0.1".parse().unwrap(),
                 subnet_id: "subnet".into(),
                 attachment_id: "attachment".into(),
+                security_groups: vec![],
+                security: None,
             },
             containers: containers
                 .iter()

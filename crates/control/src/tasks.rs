@@ -62,10 +62,8 @@ impl Control {
         let capacity_provider =
             launch_target(r.launch_type.as_deref(), &r.capacity_provider_strategy)?;
         validate_tags(&r.tags)?;
-        let subnet_id = network_subnet(
-            r.network_configuration.as_ref(),
-            &self.inner.config.default_subnet_id,
-        )?;
+        let task_network = self.task_network(r.network_configuration.as_ref()).await?;
+        let subnet = &task_network.subnet;
         if let Some(token) = &r.client_token {
             if token.is_empty() || token.len() > 64 {
                 return Err(EcsError::InvalidParameter(
@@ -127,22 +125,24 @@ impl Control {
 
         let mut records = Vec::new();
         for _ in 0..count {
-            let Some(address) = ipam.allocate() else {
+            let Some(address) = ipam.allocate(subnet.cidr_block) else {
                 for rec in &records {
                     let rec: &TaskRecord = rec;
                     ipam.release(rec.plan.network.address);
                 }
                 return Err(EcsError::LimitExceeded(format!(
-                    "The task subnet {} has no free address: stop tasks or start skiff with a larger --subnet.",
-                    self.inner.config.subnet
+                    "The subnet {} ({}) has no free address: stop tasks, run them in another subnet, or start skiff with a larger --subnet.",
+                    subnet.subnet_id, subnet.cidr_block
                 )));
             };
             let network = NetworkPlan {
                 address,
                 prefix_len: ipam.prefix_len(),
                 gateway: ipam.gateway(),
-                subnet_id: subnet_id.clone(),
+                subnet_id: subnet.subnet_id.clone(),
                 attachment_id: arn::new_uuid(),
+                security_groups: task_network.security_groups.clone(),
+                security: None,
             };
             records.push(self.new_task(
                 &r,
@@ -168,6 +168,8 @@ impl Control {
             };
             ops.push(Op::put_json(key, &token, Expect::Absent).map_err(internal)?);
         }
+        // Re-writing the subnet unchanged guards against a concurrent DeleteSubnet.
+        ops.push(self.subnet_guard(&subnet.subnet_id).await?);
         // Re-writing the cluster unchanged guards against a concurrent DeleteCluster.
         ops.push(
             Op::put_json(
@@ -183,7 +185,7 @@ impl Control {
             }
             return Err(match e {
                 StoreError::Conflict { .. } => EcsError::Conflict(
-                    "The cluster changed while the tasks were being created: retry the request."
+                    "The cluster or subnet changed while the tasks were being created: retry the request."
                         .into(),
                 ),
                 e => internal(e),
@@ -193,7 +195,7 @@ impl Control {
         for rec in &records {
             tracing::info!(task_id = %rec.task.id(), cluster = %cluster_name, family = %definition.family, "task created");
             self.send_to_agent(ToAgent::Launch {
-                plan: rec.plan.clone(),
+                plan: Box::new(rec.plan.clone()),
             });
         }
         Ok(RunTaskResponse {
@@ -622,7 +624,8 @@ pub(crate) fn launch_target(
     Ok(provider)
 }
 
-/// The subnet a task's interface goes in; checks the awsvpc configuration's limits.
+/// The subnet a task's interface goes in (the first named, else `default`); checks the
+/// awsvpc configuration's limits. [`Control::task_network`] checks the names.
 pub(crate) fn network_subnet(
     network: Option<&NetworkConfiguration>,
     default: &str,
@@ -630,6 +633,11 @@ pub(crate) fn network_subnet(
     let Some(vpc) = network.and_then(|n| n.awsvpc_configuration.as_ref()) else {
         return Ok(default.to_string());
     };
+    if vpc.subnets.is_empty() {
+        return Err(EcsError::InvalidParameter(
+            "subnets can not be empty: name at least one subnet in awsvpcConfiguration (list them with aws ec2 describe-subnets).".into(),
+        ));
+    }
     if vpc.subnets.len() > 16 {
         return Err(EcsError::InvalidParameter(
             "At most 16 subnets may be given in awsvpcConfiguration.".into(),
@@ -640,11 +648,7 @@ pub(crate) fn network_subnet(
             "At most 5 security groups may be given in awsvpcConfiguration.".into(),
         ));
     }
-    Ok(vpc
-        .subnets
-        .first()
-        .cloned()
-        .unwrap_or_else(|| default.to_string()))
+    Ok(vpc.subnets[0].clone())
 }
 
 fn kv(name: &str, value: &str) -> KeyValue {

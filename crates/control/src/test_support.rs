@@ -29,7 +29,6 @@ impl Harness {
                     account: "000000000000".into(),
                 },
                 subnet: "10.1.0.0/24".parse().unwrap(),
-                default_subnet_id: "subnet-default".into(),
                 stopped_task_retention: Duration::from_secs(3600),
             },
         )

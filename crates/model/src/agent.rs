@@ -21,6 +21,7 @@
 
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::task::TaskStatus;
@@ -53,6 +54,48 @@ pub struct NetworkPlan {
     pub gateway: Ipv4Addr,
     pub subnet_id: String,
     pub attachment_id: String,
+    /// The task's security group ids; absent in plans persisted before security groups
+    /// (those tasks are in their VPC's default group).
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// The rules of those groups, resolved to addresses. None (plans from before
+    /// security groups) keeps the bridge's defaults: all egress allowed, ingress allowed
+    /// from the task subnet only.
+    #[serde(default)]
+    pub security: Option<SecurityPolicy>,
+}
+
+/// The effective rules of a task's security groups, as the control plane resolved them:
+/// a packet is allowed when any rule of its direction matches it (rules only allow).
+/// Replies to allowed connections are always allowed; everything else is dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SecurityPolicy {
+    /// Connections other tasks and hosts may open to the task.
+    pub ingress: Vec<SecurityRule>,
+    /// Connections the task may open.
+    pub egress: Vec<SecurityRule>,
+}
+
+/// One allow rule of a security group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityRule {
+    pub protocol: Protocol,
+    /// Inclusive destination port range for TCP and UDP; None allows every port. Ignored
+    /// for `All` and `Icmp`.
+    pub ports: Option<(u16, u16)>,
+    /// The peer addresses: sources of ingress, destinations of egress. A CIDR of the
+    /// rule, or the current addresses of a source group's member tasks as /32s; the
+    /// control plane re-sends the policy when a group's membership changes.
+    pub sources: Vec<Ipv4Net>,
+}
+
+/// The IP protocol a security rule allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    All,
+    Tcp,
+    Udp,
+    Icmp,
 }
 
 /// One container with its task definition and overrides already merged. Fields left
@@ -125,7 +168,7 @@ impl HealthCheckPlan {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToAgent {
     Sync { tasks: Vec<TaskPlan> },
-    Launch { plan: TaskPlan },
+    Launch { plan: Box<TaskPlan> },
     Stop { task_id: String, reason: String },
     Forget { task_id: String },
 }

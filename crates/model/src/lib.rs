@@ -12,6 +12,7 @@ pub mod tag;
 pub mod task;
 pub mod task_definition;
 pub mod validate;
+pub mod vpc;
 
 pub use error::EcsError;
 

@@ -47,6 +47,7 @@ async fn measure(iterations: usize) {
     let config = BridgeConfig {
         name: "skiffbench0".to_owned(),
         subnet: "10.99.0.0/16".parse().expect("subnet"),
+        ..BridgeConfig::default()
     };
     let started = Instant::now();
     let network = HostNetwork::init(config).await.expect("init");
@@ -62,7 +63,10 @@ async fn measure(iterations: usize) {
         let address = Ipv4Addr::new(10, 99, octets[0], octets[1]);
 
         let started = Instant::now();
-        network.attach(&task_id, address).await.expect("attach");
+        network
+            .attach(&task_id, address, None)
+            .await
+            .expect("attach");
         let attached = started.elapsed();
         network.detach(&task_id).await.expect("detach");
         let total = started.elapsed();

@@ -72,10 +72,25 @@ pub enum NetError {
     #[error("cannot enable IPv4 forwarding through {path:?}: run the agent as root with /proc/sys writable")]
     Forwarding { path: PathBuf, source: io::Error },
 
-    #[error("cannot install the nftables table `ip skiff_<bridge>` (nft's own message is on the agent's stderr): check that `nft` is on PATH and the kernel has nf_tables with NAT support")]
+    #[error("cannot install the nftables tables `ip skiff_<bridge>` and `bridge skiff_<bridge>`: check that `nft` is on PATH and the kernel has nf_tables with NAT and bridge support")]
     Firewall {
         source: nftables::helper::NftablesError,
     },
+
+    #[error("cannot update the nftables rules of task {task_id}: {detail}; restarting the agent reinstalls the bridge's tables")]
+    TaskFirewall { task_id: String, detail: String },
+
+    #[error("cannot list the nftables tables `skiff_<bridge>` to find the rules of running tasks: {detail}")]
+    ListFirewall { detail: String },
+
+    #[error("nft listed the tables `skiff_<bridge>` in JSON this agent cannot read: check that nft is version 1.0 or newer")]
+    ParseFirewall { source: serde_json::Error },
+
+    #[error("security rule port range {low}-{high} is reversed: give the lower port first")]
+    InvalidPortRange { low: u16, high: u16 },
+
+    #[error("task {task_id} has no network attachment on this host: attach it before applying security rules")]
+    NotAttached { task_id: String },
 }
 
 impl NetError {

@@ -1,60 +1,152 @@
-//! IPv4 forwarding and the nftables rules of the task subnet.
+//! IPv4 forwarding and the bridge-wide nftables rules: NAT, host protection, and the
+//! dispatch to per-task chains (the per-task chains themselves are `security`'s).
 //!
-//! The rules live in a table of their own per bridge, `ip skiff_<bridge>`, so they never
-//! touch anyone else's rules (nor those of another Skiff server on another bridge in the
-//! same namespace), and are (re)installed in one atomic nft transaction that adds the
-//! table (so it exists), deletes it with everything in it, and recreates it:
+//! The rules live in two tables of their own per bridge, so they never touch anyone
+//! else's rules (nor those of another Skiff server on another bridge):
 //!
 //! ```text
 //! table ip skiff_<bridge> {
-//!   chain postrouting { type nat hook postrouting priority srcnat; policy accept;
+//!   map ingress { type ipv4_addr : verdict }    # task address : jump in_<task>
+//!   map egress  { type ipv4_addr : verdict }    # task address : jump out_<task>
+//!   chain postrouting { type nat hook postrouting priority srcnat;
 //!     ip saddr <subnet> oifname != <bridge> masquerade       # tasks reach the outside
 //!   }
-//!   chain forward { type filter hook forward priority filter; policy accept;
+//!   chain forward { type filter hook forward priority filter;
 //!     ct state established,related accept                    # replies, both ways
-//!     iifname <bridge> accept                                # anything tasks start
-//!     oifname <bridge> drop                                  # unsolicited traffic in
+//!     ip saddr vmap @egress     # the sender's egress rules: return if allowed, else drop
+//!     ip daddr vmap @ingress    # the receiver's ingress rules: accept or drop
+//!     iifname <bridge> accept                                # tasks to the outside
+//!     oifname <bridge> drop     # unsolicited traffic to addresses that are not tasks
+//!   }
+//!   chain input { type filter hook input priority filter;
+//!     iifname != <bridge> accept
+//!     ct state established,related accept                    # replies to the host
+//!     <protocol> ct original daddr . proto-dst <service> accept  # per `HostService`
+//!     drop                                     # no other service of the host, any address
+//!   }
+//! }
+//! table bridge skiff_<bridge> {
+//!   map ports { type ifname : verdict }         # host veth : jump guard_<task>
+//!   chain prerouting { type filter hook prerouting priority filter;
+//!     iifname vmap @ports                       # anti-spoofing, per task port
 //!   }
 //! }
 //! ```
 //!
-//! Tasks are reachable from the host itself (that traffic is local output, not forwarded)
-//! and from each other (bridged), but connections forwarded in from other interfaces are
-//! dropped, as with an AWS security group that allows no inbound traffic. nftables runs
-//! every table's base chains, so an accept here cannot override a drop in another table
-//! (for example Docker's `FORWARD DROP` policy); such hosts need their own allowance.
+//! Frames between two tasks never leave the bridge, so the bridge is set to pass its IPv4
+//! traffic through the IP hooks (`nf_call_iptables`, the bridge's own switch): that is
+//! how the forward chain, and conntrack, see task-to-task traffic. Matching by address
+//! is sound because each task's `guard` chain drops frames whose MAC or IPv4 source is
+//! not the task's before they reach the IP hooks. Traffic the host itself sends to a task
+//! is local output, not forwarded: the host (its load balancer, health checks) always
+//! reaches its tasks. Host services are matched on the connection's original
+//! destination, so a service reached through a DNAT rule is named by what tasks dial.
 //!
-//! Driving `nft` costs a process spawn, which is why this runs only from `HostNetwork::init`:
-//! the rules name the subnet and the bridge, never individual tasks.
+//! `install` runs once per agent start. It never deletes a table: base chains are
+//! emptied and refilled in one transaction, and the per-task chains, sets and map
+//! elements of running tasks stay in force across agent restarts. nftables runs every
+//! table's base chains, so an accept here cannot override a drop in another table (for
+//! example Docker's `FORWARD DROP` policy); such hosts need their own allowance.
 
-use std::borrow::Cow;
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use ipnet::Ipv4Net;
 use nftables::batch::Batch;
-use nftables::expr::{
-    Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, CT,
-};
-use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
-use nftables::stmt::{Accept, Drop, Match, Operator, Statement};
-use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use nftables::expr::MetaKey;
+use nftables::schema::SetType;
+use nftables::stmt::Operator;
+use nftables::types::{NfChainType, NfFamily, NfHook};
 
+use crate::nft::{
+    self, accept, address, drop, established, matches, meta, payload, string, vmap, Table,
+};
 use crate::NetError;
 
-/// Name of the nftables table this crate owns for `bridge`.
-pub(crate) fn table_name(bridge: &str) -> String {
-    format!("skiff_{bridge}")
-}
 /// Chain holding the masquerade rule.
 pub(crate) const POSTROUTING_CHAIN: &str = "postrouting";
 /// Chain holding the forwarding policy.
 pub(crate) const FORWARD_CHAIN: &str = "forward";
-/// `srcnat` and `filter` in nft's priority keywords.
+/// Chain protecting the host from its tasks.
+pub(crate) const INPUT_CHAIN: &str = "input";
+/// Chain of the bridge table dispatching frames to the senders' guard chains.
+pub(crate) const PREROUTING_CHAIN: &str = "prerouting";
+/// Verdict map from a task address to its ingress chain.
+pub(crate) const INGRESS_MAP: &str = "ingress";
+/// Verdict map from a task address to its egress chain.
+pub(crate) const EGRESS_MAP: &str = "egress";
+/// Verdict map from a task's host veth to its guard chain.
+pub(crate) const PORTS_MAP: &str = "ports";
+/// `srcnat` and `filter` in nft's priority keywords; `filter` is -200 for bridges.
 const SRCNAT_PRIORITY: i32 = 100;
 const FILTER_PRIORITY: i32 = 0;
+const BRIDGE_FILTER_PRIORITY: i32 = -200;
 
 /// The per-namespace IPv4 forwarding switch, read through the calling thread's namespace.
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// A service of the host that tasks may reach, such as the task metadata endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostService {
+    pub address: ServiceAddress,
+    pub transport: Transport,
+    pub port: u16,
+}
+
+/// Where a host service listens, as tasks dial it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceAddress {
+    /// The bridge's gateway address, whatever the subnet.
+    Gateway,
+    Fixed(Ipv4Addr),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+/// The task metadata and credentials endpoints' address.
+pub const METADATA_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 170, 2);
+
+/// What Skiff exposes to tasks by default: the metadata endpoint on tcp/80 and the
+/// resolver on the gateway, udp and tcp 53.
+pub fn default_host_services() -> Vec<HostService> {
+    vec![
+        HostService {
+            address: ServiceAddress::Fixed(METADATA_ADDRESS),
+            transport: Transport::Tcp,
+            port: 80,
+        },
+        HostService {
+            address: ServiceAddress::Gateway,
+            transport: Transport::Udp,
+            port: 53,
+        },
+        HostService {
+            address: ServiceAddress::Gateway,
+            transport: Transport::Tcp,
+            port: 53,
+        },
+    ]
+}
+
+/// The IP table of `bridge`.
+pub(crate) fn ip_table(bridge: &str) -> Table {
+    Table {
+        family: NfFamily::IP,
+        name: format!("skiff_{bridge}"),
+    }
+}
+
+/// The bridge table of `bridge`.
+pub(crate) fn bridge_table(bridge: &str) -> Table {
+    Table {
+        family: NfFamily::Bridge,
+        name: format!("skiff_{bridge}"),
+    }
+}
 
 /// Turns on IPv4 forwarding in the calling thread's network namespace.
 pub(crate) fn enable_ip_forwarding() -> Result<(), NetError> {
@@ -64,139 +156,143 @@ pub(crate) fn enable_ip_forwarding() -> Result<(), NetError> {
     })
 }
 
-/// (Re)installs the `ip skiff_<bridge>` table for `subnet` behind `bridge`, atomically.
-pub(crate) async fn install(bridge: &str, subnet: Ipv4Net) -> Result<(), NetError> {
-    nftables::helper::apply_ruleset_async(&ruleset(bridge, subnet))
-        .await
-        .map_err(|source| NetError::Firewall { source })
+/// What `install` needs to know about the bridge.
+pub(crate) struct BaseRules<'a> {
+    pub(crate) bridge: &'a str,
+    pub(crate) subnet: Ipv4Net,
+    pub(crate) gateway: Ipv4Addr,
+    pub(crate) services: &'a [HostService],
 }
 
-/// The transaction that replaces the table; see the module header for its content.
-fn ruleset(bridge: &str, subnet: Ipv4Net) -> Nftables<'static> {
-    let table_name: Cow<'static, str> = Cow::Owned(table_name(bridge));
-    let table = || Table {
-        family: NfFamily::IP,
-        name: table_name.clone(),
-        handle: None,
-    };
-    let base_chain = |name: &'static str, kind, hook, prio| Chain {
-        family: NfFamily::IP,
-        table: table_name.clone(),
-        name: name.into(),
-        _type: Some(kind),
-        hook: Some(hook),
-        prio: Some(prio),
-        policy: Some(NfChainPolicy::Accept),
-        ..Chain::default()
-    };
-    let rule = |chain: &'static str, statements: Vec<Statement<'static>>| {
-        NfListObject::Rule(Rule {
-            family: NfFamily::IP,
-            table: table_name.clone(),
-            chain: chain.into(),
-            expr: Cow::Owned(statements),
-            ..Rule::default()
-        })
-    };
-    let bridge: Cow<'static, str> = Cow::Owned(bridge.to_owned());
+/// Creates both tables if missing and refills their base chains, atomically.
+pub(crate) async fn install(rules: &BaseRules<'_>) -> Result<(), NetError> {
+    let payload = transaction(rules).to_string();
+    nftables::helper::apply_ruleset_raw_async(
+        &payload,
+        nftables::helper::DEFAULT_NFT,
+        nftables::helper::DEFAULT_ARGS,
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| NetError::Firewall { source })
+}
+
+/// The transaction of `install`, as nft JSON; see the module header for its content.
+fn transaction(rules: &BaseRules<'_>) -> serde_json::Value {
+    let ip = ip_table(rules.bridge);
+    let bridge_table = bridge_table(rules.bridge);
+    let bridge = || string(rules.bridge);
 
     let mut batch = Batch::new();
-    batch.add(NfListObject::Table(table()));
-    batch.delete(NfListObject::Table(table()));
-    batch.add(NfListObject::Table(table()));
-    batch.add(NfListObject::Chain(base_chain(
+    batch.add(ip.object());
+    batch.add(bridge_table.object());
+    let postrouting = ip.base_chain(
         POSTROUTING_CHAIN,
         NfChainType::NAT,
         NfHook::Postrouting,
         SRCNAT_PRIORITY,
-    )));
-    batch.add(rule(
+    );
+    nft::reset_chain(&mut batch, postrouting);
+    batch.add(ip.rule(
         POSTROUTING_CHAIN,
         vec![
             matches(
                 payload("ip", "saddr"),
                 Operator::EQ,
-                Expression::Named(NamedExpression::Prefix(Prefix {
-                    addr: Box::new(Expression::String(subnet.network().to_string().into())),
-                    len: u32::from(subnet.prefix_len()),
-                })),
+                nft::network(rules.subnet),
             ),
-            matches(
-                meta(MetaKey::Oifname),
-                Operator::NEQ,
-                Expression::String(bridge.clone()),
-            ),
-            Statement::Masquerade(None),
+            matches(meta(MetaKey::Oifname), Operator::NEQ, bridge()),
+            nftables::stmt::Statement::Masquerade(None),
         ],
     ));
-    batch.add(NfListObject::Chain(base_chain(
+
+    let forward = ip.base_chain(
         FORWARD_CHAIN,
         NfChainType::Filter,
         NfHook::Forward,
         FILTER_PRIORITY,
-    )));
-    batch.add(rule(
-        FORWARD_CHAIN,
+    );
+    nft::reset_chain(&mut batch, forward);
+    for statements in [
+        vec![established(), accept()],
+        vec![vmap(payload("ip", "saddr"), EGRESS_MAP)],
+        vec![vmap(payload("ip", "daddr"), INGRESS_MAP)],
         vec![
-            matches(
-                Expression::Named(NamedExpression::CT(CT {
-                    key: "state".into(),
-                    family: None,
-                    dir: None,
-                })),
-                Operator::IN,
-                Expression::List(vec![
-                    Expression::String("established".into()),
-                    Expression::String("related".into()),
-                ]),
-            ),
-            Statement::Accept(Some(Accept {})),
+            matches(meta(MetaKey::Iifname), Operator::EQ, bridge()),
+            accept(),
+        ],
+        vec![
+            matches(meta(MetaKey::Oifname), Operator::EQ, bridge()),
+            drop(),
+        ],
+    ] {
+        batch.add(ip.rule(FORWARD_CHAIN, statements));
+    }
+
+    let input = ip.base_chain(
+        INPUT_CHAIN,
+        NfChainType::Filter,
+        NfHook::Input,
+        FILTER_PRIORITY,
+    );
+    nft::reset_chain(&mut batch, input);
+    batch.add(ip.rule(
+        INPUT_CHAIN,
+        vec![
+            matches(meta(MetaKey::Iifname), Operator::NEQ, bridge()),
+            accept(),
         ],
     ));
-    batch.add(rule(
-        FORWARD_CHAIN,
-        vec![
-            matches(
-                meta(MetaKey::Iifname),
-                Operator::EQ,
-                Expression::String(bridge.clone()),
-            ),
-            Statement::Accept(Some(Accept {})),
-        ],
+    batch.add(ip.rule(INPUT_CHAIN, vec![established(), accept()]));
+    for service in rules.services {
+        let target = match service.address {
+            ServiceAddress::Gateway => rules.gateway,
+            ServiceAddress::Fixed(target) => target,
+        };
+        let protocol = match service.transport {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        };
+        batch.add(ip.rule(
+            INPUT_CHAIN,
+            vec![
+                matches(meta(MetaKey::L4proto), Operator::EQ, string(protocol)),
+                matches(nft::ct("daddr", true), Operator::EQ, address(target)),
+                matches(
+                    nft::ct("proto-dst", true),
+                    Operator::EQ,
+                    nft::ports(service.port, service.port),
+                ),
+                accept(),
+            ],
+        ));
+    }
+    batch.add(ip.rule(INPUT_CHAIN, vec![drop()]));
+
+    let prerouting = bridge_table.base_chain(
+        PREROUTING_CHAIN,
+        NfChainType::Filter,
+        NfHook::Prerouting,
+        BRIDGE_FILTER_PRIORITY,
+    );
+    nft::reset_chain(&mut batch, prerouting);
+    batch.add(bridge_table.rule(
+        PREROUTING_CHAIN,
+        vec![vmap(meta(MetaKey::Iifname), PORTS_MAP)],
     ));
-    batch.add(rule(
-        FORWARD_CHAIN,
-        vec![
-            matches(
-                meta(MetaKey::Oifname),
-                Operator::EQ,
-                Expression::String(bridge),
-            ),
-            Statement::Drop(Some(Drop {})),
-        ],
-    ));
-    batch.to_nftables()
-}
 
-fn matches(
-    left: Expression<'static>,
-    op: Operator,
-    right: Expression<'static>,
-) -> Statement<'static> {
-    Statement::Match(Match { left, right, op })
-}
-
-fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-        PayloadField {
-            protocol: protocol.into(),
-            field: field.into(),
-        },
-    )))
-}
-
-fn meta(key: MetaKey) -> Expression<'static> {
-    Expression::Named(NamedExpression::Meta(Meta { key }))
+    let mut document = serde_json::to_value(batch.to_nftables()).expect("nft JSON serializes");
+    let commands = document["nftables"]
+        .as_array_mut()
+        .expect("a transaction is a command list");
+    // After the two tables, before the rules that refer to the maps.
+    let maps = [
+        ip.add_verdict_map(INGRESS_MAP, SetType::Ipv4Addr),
+        ip.add_verdict_map(EGRESS_MAP, SetType::Ipv4Addr),
+        bridge_table.add_verdict_map(PORTS_MAP, SetType::Ifname),
+    ];
+    commands.splice(2..2, maps);
+    document
 }
 
 #[cfg(test)]
@@ -206,25 +302,36 @@ mod tests {
     use super::*;
 
     fn commands() -> Vec<Value> {
-        let subnet: Ipv4Net = "10.77.0.0/16".parse().expect("subnet");
-        let document = serde_json::to_value(ruleset("skiff9", subnet)).expect("serialize");
-        document["nftables"]
+        let rules = BaseRules {
+            bridge: "skiff9",
+            subnet: "10.77.0.0/16".parse().expect("subnet"),
+            gateway: Ipv4Addr::new(10, 77, 0, 1),
+            services: &default_host_services(),
+        };
+        transaction(&rules)["nftables"]
             .as_array()
             .expect("command list")
             .clone()
     }
 
+    fn rules_of(chain: &str) -> Vec<String> {
+        commands()
+            .iter()
+            .map(|command| &command["add"]["rule"])
+            .filter(|rule| rule["chain"] == chain)
+            .map(|rule| rule["expr"].to_string())
+            .collect()
+    }
+
     #[test]
-    fn the_table_is_replaced_atomically_without_touching_others() {
-        let commands = commands();
-        let table = json!({"table": {"family": "ip", "name": "skiff_skiff9"}});
-        assert_eq!(commands[0], json!({ "add": table }));
-        assert_eq!(commands[1], json!({ "delete": table }));
-        assert_eq!(commands[2], json!({ "add": table }));
-        for command in &commands {
+    fn tables_are_never_deleted_and_only_base_chains_flushed() {
+        for command in commands() {
             let object = command.as_object().expect("command object");
             let (verb, body) = object.iter().next().expect("one verb");
-            assert!(verb == "add" || verb == "delete", "unexpected verb {verb}");
+            assert!(
+                verb == "add" || (verb == "flush" && body.get("chain").is_some()),
+                "{command}"
+            );
             let inner = body
                 .as_object()
                 .expect("object")
@@ -232,53 +339,83 @@ mod tests {
                 .next()
                 .expect("body");
             let table = inner.get("table").or_else(|| inner.get("name"));
-            assert_eq!(inner["family"], "ip");
-            assert_eq!(
-                table.and_then(Value::as_str),
-                Some("skiff_skiff9"),
+            assert!(
+                inner["family"] == "ip" || inner["family"] == "bridge",
                 "{command}"
             );
+            if verb == "flush" {
+                let chain = inner["name"].as_str().expect("chain name");
+                assert!(
+                    [
+                        POSTROUTING_CHAIN,
+                        FORWARD_CHAIN,
+                        INPUT_CHAIN,
+                        PREROUTING_CHAIN
+                    ]
+                    .contains(&chain),
+                    "{command}"
+                );
+            }
+            if inner.get("table").is_some() || body.get("table").is_some() {
+                assert_eq!(
+                    table.and_then(Value::as_str),
+                    Some("skiff_skiff9"),
+                    "{command}"
+                );
+            }
         }
     }
 
     #[test]
-    fn the_subnet_is_masqueraded_when_it_leaves_through_another_interface() {
+    fn the_maps_exist_before_the_rules_that_use_them() {
         let commands = commands();
-        let masquerade = commands
-            .iter()
-            .map(|command| &command["add"]["rule"])
-            .find(|rule| rule["chain"] == POSTROUTING_CHAIN)
-            .expect("postrouting rule");
+        let position = |needle: &str| {
+            commands
+                .iter()
+                .position(|command| command.to_string().contains(needle))
+                .expect(needle)
+        };
         assert_eq!(
-            masquerade["expr"],
-            json!([
+            commands[2],
+            json!({"add": {"map": {"family": "ip", "table": "skiff_skiff9", "name": "ingress",
+                                   "type": "ipv4_addr", "map": "verdict"}}})
+        );
+        assert!(position("\"@ingress\"") > 2 && position("\"@ports\"") > 4);
+    }
+
+    #[test]
+    fn the_subnet_is_masqueraded_when_it_leaves_through_another_interface() {
+        assert_eq!(
+            rules_of(POSTROUTING_CHAIN),
+            vec![json!([
                 {"match": {"left": {"payload": {"protocol": "ip", "field": "saddr"}},
                            "right": {"prefix": {"addr": "10.77.0.0", "len": 16}}, "op": "=="}},
                 {"match": {"left": {"meta": {"key": "oifname"}}, "right": "skiff9", "op": "!="}},
                 {"masquerade": null}
             ])
+            .to_string()]
         );
-        let chain = commands
-            .iter()
-            .map(|command| &command["add"]["chain"])
-            .find(|chain| chain["name"] == POSTROUTING_CHAIN)
-            .expect("postrouting chain");
-        assert_eq!(chain["type"], "nat");
-        assert_eq!(chain["hook"], "postrouting");
-        assert_eq!(chain["prio"], SRCNAT_PRIORITY);
     }
 
     #[test]
-    fn forwarding_drops_only_unsolicited_inbound_traffic() {
-        let verdicts: Vec<String> = commands()
-            .iter()
-            .map(|command| &command["add"]["rule"])
-            .filter(|rule| rule["chain"] == FORWARD_CHAIN)
-            .map(|rule| rule["expr"].to_string())
-            .collect();
-        assert_eq!(verdicts.len(), 3);
-        assert!(verdicts[0].contains("established") && verdicts[0].contains("accept"));
-        assert!(verdicts[1].contains("iifname") && verdicts[1].contains("accept"));
-        assert!(verdicts[2].contains("oifname") && verdicts[2].contains("drop"));
+    fn forwarding_checks_the_sender_then_the_receiver() {
+        let rules = rules_of(FORWARD_CHAIN);
+        assert_eq!(rules.len(), 5);
+        assert!(rules[0].contains("established") && rules[0].contains("accept"));
+        assert!(rules[1].contains("@egress") && rules[1].contains("saddr"));
+        assert!(rules[2].contains("@ingress") && rules[2].contains("daddr"));
+        assert!(rules[3].contains("iifname") && rules[3].contains("accept"));
+        assert!(rules[4].contains("oifname") && rules[4].contains("drop"));
+    }
+
+    #[test]
+    fn tasks_reach_only_the_listed_host_services() {
+        let rules = rules_of(INPUT_CHAIN);
+        assert_eq!(rules.len(), 6, "{rules:#?}");
+        assert!(rules[0].contains("\"!=\"") && rules[0].contains("accept"));
+        assert!(rules[2].contains("169.254.170.2") && rules[2].contains("\"tcp\""));
+        assert!(rules[3].contains("10.77.0.1") && rules[3].contains("\"udp\""));
+        assert!(rules[4].contains("10.77.0.1") && rules[4].contains("\"original\""));
+        assert_eq!(rules[5], json!([{"drop": {}}]).to_string());
     }
 }

@@ -2,12 +2,15 @@
 //!
 //! `HostNetwork::init` converges the host onto the configuration and can run any number of
 //! times (every agent start does): bridge created or reused, gateway address set (stale
-//! addresses removed), link up, IPv4 forwarding on, nftables table reinstalled.
+//! addresses removed), link up, IPv4 forwarding on, bridge-wide nftables rules refilled,
+//! rules of tasks whose interface is gone removed (those of running tasks stay).
 //!
 //! An attachment is built in this order, so that a crash at any point leaves pieces that
 //! the next `attach` or `detach` of the same task recognises and removes:
 //!
 //! ```text
+//!  0. nftables                the task's guard and security rules, keyed by its host
+//!                             interface name and address (see `security`)
 //!  1. /run/netns/skiff-<id>   named namespace (a thread unshares it and opens a netlink
 //!                             socket inside it)
 //!  2. sk<13 hex> <=> eth0     veth pair in one request: host end up on the bridge with a
@@ -16,8 +19,8 @@
 //!  3. inside the namespace    lo up, address on eth0, eth0 up, default route via gateway
 //! ```
 //!
-//! Detaching deletes the host end (which takes the task end with it) and then the
-//! namespace. The host end is deleted only if its MAC address is the task's: names keep
+//! Detaching deletes the host end (which takes the task end with it), the namespace, and
+//! last the rules. The host end is deleted only if its MAC address is the task's: names keep
 //! 13 of the task id's 32 digits and the MAC 10 more, so this check is what keeps one task
 //! from ever tearing down another's interface. Deleting a veth is the slow step (the
 //! kernel waits for RCU callbacks: 15-40 ms on the development hosts) but it is
@@ -31,30 +34,36 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ipnet::Ipv4Net;
+use model::agent::SecurityPolicy;
 use netlink_packet_route::link::InfoKind;
 use nix::errno::Errno;
 use rtnetlink::Handle;
 use tokio::task::JoinHandle;
 
 use crate::error::netlink_errno;
+use crate::firewall::{self, BaseRules, HostService};
 use crate::link::{self, TaskAddressing, VethPair};
 use crate::names::{
     self, format_mac, host_interface, host_mac, netns_name, task_mac, validate_task_id,
 };
-use crate::{firewall, netns, NetError};
+use crate::security::TaskFirewall;
+use crate::{netns, NetError};
 
 /// Name of the bridge when none is configured.
 pub const DEFAULT_BRIDGE: &str = "skiff0";
 /// Task subnet when none is configured.
 pub const DEFAULT_SUBNET: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 89, 0, 0), 16);
 
-/// Which bridge and subnet the host's tasks use.
+/// Which bridge and subnet the host's tasks use, and what of the host they may reach.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeConfig {
     /// Bridge interface name, 1-15 bytes.
     pub name: String,
     /// Task subnet; its first host address is the gateway, on the bridge.
     pub subnet: Ipv4Net,
+    /// The host's services tasks may connect to; every other connection from a task to
+    /// any address of the host is dropped. Defaults to `firewall::default_host_services`.
+    pub host_services: Vec<HostService>,
 }
 
 impl Default for BridgeConfig {
@@ -62,6 +71,7 @@ impl Default for BridgeConfig {
         Self {
             name: DEFAULT_BRIDGE.to_owned(),
             subnet: DEFAULT_SUBNET,
+            host_services: firewall::default_host_services(),
         }
     }
 }
@@ -92,13 +102,15 @@ pub struct HostNetwork {
     subnet: Ipv4Net,
     gateway: Ipv4Addr,
     netns_dir: PathBuf,
+    firewall: TaskFirewall,
     handle: Handle,
     connection: JoinHandle<()>,
 }
 
 impl HostNetwork {
     /// Creates or reuses the bridge with the gateway address, brings it up, enables IPv4
-    /// forwarding and (re)installs the nftables table. Idempotent.
+    /// forwarding, (re)installs the bridge-wide nftables rules and removes the rules of
+    /// tasks whose interface is gone (the rules of the others stay in force). Idempotent.
     ///
     /// Works in the calling thread's network namespace; needs a tokio runtime with IO
     /// enabled, and root (CAP_NET_ADMIN and CAP_SYS_ADMIN).
@@ -114,7 +126,7 @@ impl HostNetwork {
             (true, Some(gateway)) => gateway,
             _ => return Err(NetError::SubnetTooSmall { subnet }),
         };
-        let bridge = config.name;
+        let bridge = config.name.clone();
         let netns_dir = PathBuf::from(netns::NETNS_RUN_DIR);
         netns::prepare_run_dir(&netns_dir)?;
 
@@ -128,12 +140,20 @@ impl HostNetwork {
             subnet,
             gateway,
             netns_dir,
+            firewall: TaskFirewall::new(&config.name, subnet),
             handle,
             connection,
         };
         network.bridge_index = network.ensure_bridge().await?;
         firewall::enable_ip_forwarding()?;
-        firewall::install(&network.bridge, subnet).await?;
+        firewall::install(&BaseRules {
+            bridge: &network.bridge,
+            subnet,
+            gateway,
+            services: &config.host_services,
+        })
+        .await?;
+        network.remove_stale_rules().await?;
         tracing::info!(
             bridge = %network.bridge,
             subnet = %subnet,
@@ -158,7 +178,10 @@ impl HostNetwork {
         &self.bridge
     }
 
-    /// Creates the task's namespace and veth pair and configures `address` in it.
+    /// Creates the task's namespace and veth pair, configures `address` in it, and
+    /// enforces `security` (None: the bridge's defaults, ingress from the task subnet and
+    /// any egress) and anti-spoofing from the first frame: the rules are in place before
+    /// the interface exists.
     ///
     /// Idempotent for one task: whatever an earlier attachment left is torn down first and
     /// rebuilt. On failure the partial attachment is removed; if the future is dropped
@@ -167,12 +190,38 @@ impl HostNetwork {
         &self,
         task_id: &str,
         address: Ipv4Addr,
+        security: Option<&SecurityPolicy>,
     ) -> Result<TaskInterface, NetError> {
         let started = Instant::now();
         validate_task_id(task_id)?;
         self.check_task_address(address)?;
         let netns_path = self.netns_path(task_id);
         let host_name = host_interface(task_id);
+        let default_policy;
+        let policy = match security {
+            Some(policy) => policy,
+            None => {
+                default_policy = self.firewall.default_policy();
+                &default_policy
+            }
+        };
+        // The rules are keyed by the host interface name: refuse another task's early.
+        if let Some(existing) = link::find(&self.handle, &host_name).await? {
+            if existing.mac.as_deref() != Some(&host_mac(task_id)[..]) {
+                return Err(NetError::HostInterfaceTaken {
+                    name: host_name,
+                    task_id: task_id.to_owned(),
+                });
+            }
+        }
+        if let Err(error) = self
+            .firewall
+            .attach(task_id, address, &host_name, policy)
+            .await
+        {
+            self.detach_after_failure(task_id).await;
+            return Err(error);
+        }
         if netns::remove(&netns_path)? {
             tracing::info!(task_id, "replacing a leftover network namespace");
         }
@@ -215,9 +264,7 @@ impl HostNetwork {
         .await;
         drop(netns_fd);
         if let Err(error) = built {
-            if let Err(cleanup) = self.detach(task_id).await {
-                tracing::warn!(task_id, error = %cleanup, "cannot remove a failed attachment");
-            }
+            self.detach_after_failure(task_id).await;
             return Err(error);
         }
 
@@ -239,7 +286,20 @@ impl HostNetwork {
         })
     }
 
-    /// Removes the task's veth pair and namespace. Idempotent: missing pieces are fine.
+    /// Replaces the task's security rules, atomically: one nft transaction that refills
+    /// the rules' address sets when only peers changed, or rebuilds the task's chains.
+    /// Connections already established stay up, as with AWS security groups.
+    pub async fn apply_security(
+        &self,
+        task_id: &str,
+        security: &SecurityPolicy,
+    ) -> Result<(), NetError> {
+        validate_task_id(task_id)?;
+        self.firewall.apply(task_id, security).await
+    }
+
+    /// Removes the task's veth pair, namespace and firewall rules. Idempotent: missing
+    /// pieces are fine.
     pub async fn detach(&self, task_id: &str) -> Result<(), NetError> {
         let started = Instant::now();
         validate_task_id(task_id)?;
@@ -256,6 +316,8 @@ impl HostNetwork {
             None => {}
         }
         netns::remove(&self.netns_path(task_id))?;
+        // Last: until the interface is gone, the rules keep the task in bounds.
+        self.firewall.detach(task_id, &host_name).await?;
         tracing::debug!(
             task_id,
             elapsed_us = started.elapsed().as_micros() as u64,
@@ -267,6 +329,28 @@ impl HostNetwork {
     /// Ids of the tasks that have a namespace, for garbage collection after a restart.
     pub fn attached_tasks(&self) -> Result<Vec<String>, NetError> {
         netns::list(&self.netns_dir)
+    }
+
+    async fn detach_after_failure(&self, task_id: &str) {
+        if let Err(cleanup) = self.detach(task_id).await {
+            tracing::warn!(task_id, error = %cleanup, "cannot remove a failed attachment");
+        }
+    }
+
+    /// Removes the rules of tasks whose host interface is gone (a crash between the
+    /// steps of an attach or a detach, or an interface deleted behind the agent's back).
+    async fn remove_stale_rules(&self) -> Result<(), NetError> {
+        let mut stale = Vec::new();
+        for task_id in self.firewall.load().await? {
+            let host_name = host_interface(&task_id);
+            let present = link::find(&self.handle, &host_name)
+                .await?
+                .is_some_and(|link| link.mac.as_deref() == Some(&host_mac(&task_id)[..]));
+            if !present {
+                stale.push((task_id, host_name));
+            }
+        }
+        self.firewall.remove_stale(&stale).await
     }
 
     fn netns_path(&self, task_id: &str) -> PathBuf {
@@ -310,6 +394,7 @@ impl HostNetwork {
         let prefix_len = self.subnet.prefix_len();
         link::ensure_only_ipv4_address(&self.handle, bridge.index, name, self.gateway, prefix_len)
             .await?;
+        link::enable_bridge_netfilter(&self.handle, bridge.index, name).await?;
         // The MAC follows the gateway address, which changes with the configured subnet.
         let new_mac = (bridge.mac.as_deref() != Some(&mac[..])).then_some(mac);
         link::set_up(&self.handle, bridge.index, name, new_mac).await?;
@@ -354,5 +439,7 @@ impl Drop for HostNetwork {
     }
 }
 
+#[cfg(test)]
+mod security_tests;
 #[cfg(test)]
 mod tests;

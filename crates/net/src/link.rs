@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlag, LinkInfo, LinkMessage, State,
+    InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlag, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::AddressFamily;
 use nix::errno::Errno;
@@ -92,6 +92,27 @@ pub(crate) async fn create_bridge(
         .map_err(NetError::netlink(format!("creating bridge {name:?}")))
 }
 
+/// Makes bridge `index` (called `name`, for messages) pass its IPv4 frames through the IP
+/// netfilter hooks: the bridge's own `nf_call_iptables`, which leaves the namespace-wide
+/// `bridge-nf-call-iptables` sysctl, and so other bridges, alone.
+pub(crate) async fn enable_bridge_netfilter(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+) -> Result<(), NetError> {
+    let mut request = handle.link().set(index);
+    request
+        .message_mut()
+        .attributes
+        .push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Bridge),
+            LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::NfCallIpTables(1)])),
+        ]));
+    request.execute().await.map_err(NetError::netlink(format!(
+        "letting bridge {name:?} pass IPv4 traffic to nftables (nf_call_iptables)"
+    )))
+}
+
 /// Brings link `index` (called `name`, for messages) up, and sets its MAC address to
 /// `mac` in the same request if one is given.
 pub(crate) async fn set_up(
@@ -110,7 +131,8 @@ pub(crate) async fn set_up(
         .map_err(NetError::netlink(format!("bringing link {name:?} up")))
 }
 
-/// Makes `address/prefix_len` the only IPv4 address of link `index`, keeping it if already there.
+/// Makes `address/prefix_len` the only IPv4 address of link `index` (besides the task
+/// metadata address), keeping it if already there.
 pub(crate) async fn ensure_only_ipv4_address(
     handle: &Handle,
     index: u32,
@@ -136,6 +158,10 @@ pub(crate) async fn ensure_only_ipv4_address(
         };
         if stale == address && message.header.prefix_len == prefix_len {
             present = true;
+            continue;
+        }
+        if stale == crate::METADATA_ADDRESS {
+            // The task metadata endpoint's address, which the agent adds to the bridge.
             continue;
         }
         tracing::warn!(

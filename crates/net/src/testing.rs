@@ -202,3 +202,13 @@ pub(crate) async fn link_message(
         Err(error) => panic!("looking up {name}: {error}"),
     }
 }
+
+/// The calling thread's namespace's whole nftables ruleset, as nft's JSON.
+pub(crate) fn ruleset() -> serde_json::Value {
+    let text = nftables::helper::get_current_ruleset_raw(
+        nftables::helper::DEFAULT_NFT,
+        ["-j", "list", "ruleset"],
+    )
+    .expect("nft list ruleset");
+    serde_json::from_str(&text).expect("nft JSON")
+}

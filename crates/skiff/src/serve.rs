@@ -126,7 +126,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         control::ControlConfig {
             scope,
             subnet: args.subnet,
-            default_subnet_id: "subnet-skiff-default".into(),
             stopped_task_retention: Duration::from_secs(args.stopped_task_retention),
         },
     )
@@ -145,6 +144,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             bridge: net::BridgeConfig {
                 name: args.bridge.clone(),
                 subnet: args.subnet,
+                ..net::BridgeConfig::default()
             },
             driver,
             images: agent::ImageSettings {

@@ -4,8 +4,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use nftables::schema::{NfListObject, NfObject};
-use nftables::stmt::Statement;
 
 use super::*;
 use crate::testing::{
@@ -19,6 +17,7 @@ fn config() -> BridgeConfig {
     BridgeConfig {
         name: BRIDGE.to_owned(),
         subnet: "10.66.7.0/24".parse().expect("subnet"),
+        ..BridgeConfig::default()
     }
 }
 
@@ -32,20 +31,16 @@ fn attribute<T>(message: &LinkMessage, pick: impl Fn(&LinkAttribute) -> Option<T
 
 /// Masquerade rules in the test bridge's table of the calling thread's namespace.
 fn masquerade_rules() -> usize {
-    let ruleset = nftables::helper::get_current_ruleset().expect("nft list ruleset");
-    ruleset
-        .objects
+    crate::testing::ruleset()["nftables"]
+        .as_array()
+        .expect("objects")
         .iter()
-        .filter(|object| match object {
-            NfObject::ListObject(NfListObject::Rule(rule)) => {
-                rule.table == firewall::table_name(BRIDGE)
-                    && rule.chain == firewall::POSTROUTING_CHAIN
-                    && rule
-                        .expr
-                        .iter()
-                        .any(|statement| matches!(statement, Statement::Masquerade(_)))
-            }
-            _ => false,
+        .filter_map(|object| object.get("rule"))
+        .filter(|rule| {
+            rule["family"] == "ip"
+                && rule["table"] == firewall::ip_table(BRIDGE).name.as_str()
+                && rule["chain"] == firewall::POSTROUTING_CHAIN
+                && rule["expr"].to_string().contains("masquerade")
         })
         .count()
 }
@@ -59,11 +54,11 @@ fn attached_tasks_reach_the_host_and_each_other_until_detached() {
         let gateway = network.gateway();
         assert_eq!(gateway, task_address(1));
         let first = network
-            .attach(&a, task_address(10))
+            .attach(&a, task_address(10), None)
             .await
             .expect("attach a");
         let second = network
-            .attach(&b, task_address(11))
+            .attach(&b, task_address(11), None)
             .await
             .expect("attach b");
         assert_eq!(
@@ -220,7 +215,7 @@ fn leaving_traffic_is_masqueraded_and_unsolicited_inbound_is_dropped() {
         let _task_files = NamespaceFiles::for_tasks(&[&task]);
         let network = HostNetwork::init(config()).await.expect("init");
         let attached = network
-            .attach(&task, task_address(20))
+            .attach(&task, task_address(20), None)
             .await
             .expect("attach");
 
@@ -323,7 +318,7 @@ fn attach_rebuilds_a_half_made_attachment() {
         std::fs::write(&netns_path, b"").expect("leave a plain namespace file");
 
         let again = network
-            .attach(&task, task_address(31))
+            .attach(&task, task_address(31), None)
             .await
             .expect("re-attach");
         assert_eq!(again.address, task_address(31));
@@ -339,7 +334,7 @@ fn attach_rebuilds_a_half_made_attachment() {
 
         // Attaching an intact attachment again rebuilds it as well.
         let third = network
-            .attach(&task, task_address(32))
+            .attach(&task, task_address(32), None)
             .await
             .expect("attach again");
         let listener = listen_in(&third.netns_path, third.address);
@@ -357,10 +352,10 @@ fn another_tasks_host_interface_is_never_touched() {
         let _files = NamespaceFiles::for_tasks(&[&owner, &intruder]);
         let network = HostNetwork::init(config()).await.expect("init");
         let owned = network
-            .attach(&owner, task_address(40))
+            .attach(&owner, task_address(40), None)
             .await
             .expect("attach owner");
-        let refused = network.attach(&intruder, task_address(41)).await;
+        let refused = network.attach(&intruder, task_address(41), None).await;
         assert!(
             matches!(refused, Err(NetError::HostInterfaceTaken { .. })),
             "{refused:?}"
@@ -421,7 +416,7 @@ fn invalid_requests_are_rejected_before_touching_anything() {
             (task.as_str(), task_address(1)),
             (task.as_str(), task_address(255)),
         ] {
-            let result = network.attach(task_id, address).await;
+            let result = network.attach(task_id, address, None).await;
             assert!(
                 matches!(
                     result,
@@ -457,7 +452,7 @@ fn a_failed_attach_leaves_nothing_behind() {
             .await
             .expect("delete the bridge");
 
-        let result = network.attach(&task, task_address(60)).await;
+        let result = network.attach(&task, task_address(60), None).await;
         assert!(
             matches!(result, Err(NetError::Netlink { .. })),
             "{result:?}"
