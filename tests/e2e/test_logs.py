@@ -99,6 +99,18 @@ def test_follow_streams_until_the_task_stops(server):
     assert server.describe(task)["lastStatus"] in ("DEPROVISIONING", "STOPPED")
 
 
+def test_logs_of_a_task_still_launching(server):
+    task = server.run_command("echo launched")
+    # Right after RunTask the task may not have a sandbox yet: plain logs are empty
+    # rather than an error, and following waits for the output.
+    early = server.skiff("logs", task["taskArn"])
+    assert early.returncode == 0, early
+    assert early.stdout in ("", "launched\n")
+    followed = server.skiff("logs", "--follow", task["taskArn"])
+    assert followed.returncode == 0, followed
+    assert followed.stdout == "launched\n"
+
+
 def test_follow_returns_when_a_task_is_stopped(server):
     task = server.run_command("trap 'echo bye; exit 0' TERM; echo hello; sleep 600 & wait")
     server.wait_status([task], "RUNNING")

@@ -124,13 +124,7 @@ pub(crate) async fn pull_image(
         };
         let _ = tx.send(Ok(format!("{last}\n"))).await;
     });
-    with_request_id(
-        (
-            [("content-type", "application/x-ndjson")],
-            Body::from_stream(receiver_stream(rx)),
-        )
-            .into_response(),
-    )
+    ndjson(Body::from_stream(receiver_stream(rx)))
 }
 
 pub(crate) async fn remove_image(
@@ -288,14 +282,17 @@ pub(crate) async fn task_logs(
     let not_found = |e: &dyn std::error::Error| {
         WireError::new(400, "InvalidParameterException", model::error_chain(e)).into_response()
     };
-    let task_dir = match agent.task_logs(&task_id) {
-        Ok(dir) => dir,
-        Err(e) => return not_found(&e),
-    };
-    let mut containers = match agent.task_containers(&task_id) {
-        Ok(names) => names,
-        Err(e) => return not_found(&e),
-    };
+    // A task still being launched has no logs yet: with `follow`, wait for them.
+    while query.follow && agent.is_active(&task_id) && agent.task_logs(&task_id).is_err() {
+        tokio::time::sleep(FOLLOW_INTERVAL).await;
+    }
+    let (task_dir, mut containers) =
+        match (agent.task_logs(&task_id), agent.task_containers(&task_id)) {
+            (Ok(dir), Ok(names)) => (dir, names),
+            // Launching, without `follow`: nothing was logged yet.
+            _ if agent.is_active(&task_id) => return ndjson(Body::empty()),
+            (Err(e), _) | (_, Err(e)) => return not_found(&e),
+        };
     if let Some(only) = &query.container {
         if !containers.contains(only) {
             return WireError::new(
@@ -348,14 +345,12 @@ pub(crate) async fn task_logs(
             tokio::time::sleep(FOLLOW_INTERVAL).await;
         }
     });
-    let stream = receiver_stream(rx);
-    with_request_id(
-        (
-            [("content-type", "application/x-ndjson")],
-            Body::from_stream(stream),
-        )
-            .into_response(),
-    )
+    ndjson(Body::from_stream(receiver_stream(rx)))
+}
+
+/// A response of JSON lines.
+fn ndjson(body: Body) -> Response {
+    with_request_id(([("content-type", "application/x-ndjson")], body).into_response())
 }
 
 fn receiver_stream(
