@@ -294,10 +294,10 @@ class Server:
         client.meta.events.register("after-call.ecs", check_response_shape)
         return client
 
-    def aws(self, *args, check=True, timeout=300):
-        """Runs `aws ecs ARGS` against the server; `.json` is the parsed output."""
+    def aws(self, *args, check=True, timeout=300, service="ecs"):
+        """Runs `aws SERVICE ARGS` against the server; `.json` is the parsed output."""
         completed = subprocess.run(
-            ["aws", "--endpoint-url", self.endpoint, "--output", "json", "ecs", *args],
+            ["aws", "--endpoint-url", self.endpoint, "--output", "json", service, *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -305,8 +305,26 @@ class Server:
         )
         result = Result(completed)
         if check and result.returncode != 0:
-            raise AssertionError(f"aws ecs {' '.join(args)} failed: {result}")
+            raise AssertionError(f"aws {service} {' '.join(args)} failed: {result}")
         return result
+
+    def query_client(self, service, secret=None):
+        """A boto3 client for a Query-protocol service (`ec2`, `elbv2`) of this server,
+        whose every parsed response is checked against botocore's output shape."""
+        key, real_secret = self.credentials()
+        client = boto3.session.Session().client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id=key,
+            aws_secret_access_key=secret or real_secret,
+            config=botocore.config.Config(retries={"mode": "standard", "max_attempts": 1}),
+        )
+        # botocore emits `after-call.<hyphenized service id>`, e.g.
+        # `elastic-load-balancing-v2` for elbv2: register on exactly that name.
+        service_id = client.meta.service_model.service_id.hyphenize()
+        client.meta.events.register(f"after-call.{service_id}", check_parsed_shape)
+        return client
 
     def skiff(self, *args, timeout=120):
         """Runs the `skiff` CLI against the server (exit code not checked)."""
@@ -481,6 +499,19 @@ class Server:
         return ids
 
 
+def check_parsed_shape(parsed, model, **_):
+    """Validates a parsed Query-protocol response against botocore's output shape."""
+    if model.output_shape is None or "Error" in parsed:
+        return
+    body = {k: v for k, v in parsed.items() if k != "ResponseMetadata"}
+    report = ParamValidator().validate(body, model.output_shape)
+    if report.has_errors():
+        raise AssertionError(
+            f"the {model.name} response does not match botocore's model:\n"
+            + report.generate_report()
+        )
+
+
 def check_response_shape(http_response, model, **_):
     """Validates a raw ECS response body against botocore's output shape: unknown
     members, wrong types (a number where the model has a string...) and out-of-range
@@ -545,9 +576,7 @@ def unique():
 @pytest.fixture(scope="module")
 def elbv2(server):
     """A boto3 ELBv2 client for the module's server (responses checked against botocore)."""
-    from lb_support import elbv2_client
-
-    return elbv2_client(server)
+    return server.query_client("elbv2")
 
 
 @pytest.fixture

@@ -1,16 +1,8 @@
-"""Helpers shared by the load balancer tests: an ELBv2 client whose responses are
-checked against botocore's model, the AWS CLI, a web server task command, and requests
-through a listener."""
+"""Helpers shared by the load balancer tests: the AWS CLI for elbv2, a web server task
+command, and requests through a listener."""
 
-import subprocess
 import urllib.error
 import urllib.request
-
-import boto3
-import botocore.config
-from botocore.validate import ParamValidator
-
-from conftest import REGION, Result
 
 WEB = (
     "mkdir -p /tmp/www; echo ok > /tmp/www/health; "
@@ -19,46 +11,9 @@ WEB = (
 )
 
 
-def check_parsed_shape(parsed, model, **_):
-    """Validates a parsed ELBv2 response against botocore's output shape."""
-    if model.output_shape is None or "Error" in parsed:
-        return
-    body = {k: v for k, v in parsed.items() if k != "ResponseMetadata"}
-    report = ParamValidator().validate(body, model.output_shape)
-    if report.has_errors():
-        raise AssertionError(
-            f"the {model.name} response does not match botocore's model:\n"
-            + report.generate_report()
-        )
-
-
-def elbv2_client(server, secret=None):
-    key, real_secret = server.credentials()
-    client = boto3.session.Session().client(
-        "elbv2",
-        endpoint_url=server.endpoint,
-        region_name=REGION,
-        aws_access_key_id=key,
-        aws_secret_access_key=secret or real_secret,
-        config=botocore.config.Config(retries={"mode": "standard", "max_attempts": 1}),
-    )
-    client.meta.events.register("after-call.elasticloadbalancing", check_parsed_shape)
-    return client
-
-
 def aws_elbv2(server, *args, check=True):
     """Runs `aws elbv2 ARGS` against the server; `.json` is the parsed output."""
-    completed = subprocess.run(
-        ["aws", "--endpoint-url", server.endpoint, "--output", "json", "elbv2", *args],
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    result = Result(completed)
-    if check and result.returncode != 0:
-        raise AssertionError(f"aws elbv2 {' '.join(args)} failed: {result}")
-    return result
+    return server.aws(*args, check=check, timeout=120, service="elbv2")
 
 
 def fetch(port, path="/"):

@@ -3,30 +3,15 @@ stock AWS CLI and boto3 (EC2 Query protocol, SigV4 for `ec2`, responses checked 
 botocore's model), the default network every server starts with, and RunTask's checks
 of the subnets and security groups it is given."""
 
-import subprocess
-
-import boto3
-import botocore.config
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import LONG_RUNNING, REGION, Result, container
-from lb_support import check_parsed_shape
+from conftest import LONG_RUNNING, REGION, container
 
 
 def aws_ec2(server, *args, check=True):
     """Runs `aws ec2 ARGS` against the server; `.json` is the parsed output."""
-    completed = subprocess.run(
-        ["aws", "--endpoint-url", server.endpoint, "--output", "json", "ec2", *args],
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    result = Result(completed)
-    if check and result.returncode != 0:
-        raise AssertionError(f"aws ec2 {' '.join(args)} failed: {result}")
-    return result
+    return server.aws(*args, check=check, timeout=120, service="ec2")
 
 
 def refused(server, code, *args):
@@ -39,17 +24,7 @@ def refused(server, code, *args):
 
 @pytest.fixture(scope="module")
 def ec2(server):
-    key, secret = server.credentials()
-    client = boto3.session.Session().client(
-        "ec2",
-        endpoint_url=server.endpoint,
-        region_name=REGION,
-        aws_access_key_id=key,
-        aws_secret_access_key=secret,
-        config=botocore.config.Config(retries={"mode": "standard", "max_attempts": 1}),
-    )
-    client.meta.events.register("after-call.ec2", check_parsed_shape)
-    return client
+    return server.query_client("ec2")
 
 
 @pytest.fixture(scope="module")

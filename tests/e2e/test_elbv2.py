@@ -10,7 +10,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from conftest import REGION, container, wait_until
-from lb_support import WEB, aws_elbv2, elbv2_client, fetch, health_states
+from lb_support import WEB, aws_elbv2, fetch, health_states
 
 
 def test_aws_cli_manages_target_groups(server, unique):
@@ -175,7 +175,7 @@ def test_errors_have_the_elbv2_shape(server, elbv2, unique, listener_port):
     elbv2.delete_load_balancer(LoadBalancerArn=lb)
     elbv2.delete_target_group(TargetGroupArn=tg)
 
-    code, _ = code_of(lambda: elbv2_client(server, secret="wrong").describe_load_balancers())
+    code, _ = code_of(lambda: server.query_client("elbv2", secret="wrong").describe_load_balancers())
     assert code == "InvalidSignatureException"
     request = urllib.request.Request(
         server.endpoint, data=b"Action=DescribeLoadBalancers&Version=2015-12-01",

@@ -4,12 +4,10 @@ CLI and boto3, with response shapes as botocore parses them."""
 import datetime
 import json
 
-import boto3
-
 import pytest
 from botocore.exceptions import ClientError, WaiterError
 
-from conftest import LONG_RUNNING, REGION, container, task_id
+from conftest import LONG_RUNNING, container, task_id
 
 TIMESTAMPS = (
     "createdAt",
@@ -49,15 +47,7 @@ def printer(server):
 
 def default_subnet(server):
     """The default VPC's subnet, as a new account has one."""
-    key, secret = server.credentials()
-    ec2 = boto3.session.Session().client(
-        "ec2",
-        endpoint_url=server.endpoint,
-        region_name=REGION,
-        aws_access_key_id=key,
-        aws_secret_access_key=secret,
-    )
-    subnets = ec2.describe_subnets()["Subnets"]
+    subnets = server.query_client("ec2").describe_subnets()["Subnets"]
     return next(s["SubnetId"] for s in subnets if s["DefaultForAz"])
 
 
