@@ -363,7 +363,7 @@ impl Control {
                 .await
             {
                 Ok(_) => {
-                    if record.task.group.is_some() {
+                    if crate::services::is_service_task(&record.task) {
                         self.scheduler().wake();
                     }
                     return Ok(Some(record));

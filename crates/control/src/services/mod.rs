@@ -65,7 +65,17 @@ pub(crate) fn service_key(cluster: &str, name: &str) -> String {
 
 /// The `group` of a service's tasks.
 pub(crate) fn service_group(name: &str) -> String {
-    format!("service:{name}")
+    format!("{SERVICE_GROUP_PREFIX}{name}")
+}
+
+const SERVICE_GROUP_PREFIX: &str = "service:";
+
+/// Whether a service started the task (its group is `service:<name>`): only their
+/// changes concern the scheduler.
+pub(crate) fn is_service_task(task: &model::task::Task) -> bool {
+    task.group
+        .as_deref()
+        .is_some_and(|g| g.starts_with(SERVICE_GROUP_PREFIX))
 }
 
 /// A fresh PRIMARY deployment of `task_definition` for the service as configured now.
