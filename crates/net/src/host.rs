@@ -392,8 +392,9 @@ impl HostNetwork {
             }
         };
         let prefix_len = self.subnet.prefix_len();
-        link::ensure_only_ipv4_address(&self.handle, bridge.index, name, self.gateway, prefix_len)
-            .await?;
+        // The gateway, and the task metadata endpoint's address (the agent serves it there).
+        let addresses = [(self.gateway, prefix_len), (crate::METADATA_ADDRESS, 32)];
+        link::ensure_only_ipv4_addresses(&self.handle, bridge.index, name, &addresses).await?;
         link::enable_bridge_netfilter(&self.handle, bridge.index, name).await?;
         // The MAC follows the gateway address, which changes with the configured subnet.
         let new_mac = (bridge.mac.as_deref() != Some(&mac[..])).then_some(mac);

@@ -131,14 +131,13 @@ pub(crate) async fn set_up(
         .map_err(NetError::netlink(format!("bringing link {name:?} up")))
 }
 
-/// Makes `address/prefix_len` the only IPv4 address of link `index` (besides the task
-/// metadata address), keeping it if already there.
-pub(crate) async fn ensure_only_ipv4_address(
+/// Makes `wanted` (address, prefix length) the only IPv4 addresses of link `index`,
+/// keeping those already there.
+pub(crate) async fn ensure_only_ipv4_addresses(
     handle: &Handle,
     index: u32,
     name: &str,
-    address: Ipv4Addr,
-    prefix_len: u8,
+    wanted: &[(Ipv4Addr, u8)],
 ) -> Result<(), NetError> {
     let existing: Vec<AddressMessage> = handle
         .address()
@@ -148,7 +147,7 @@ pub(crate) async fn ensure_only_ipv4_address(
         .try_collect()
         .await
         .map_err(NetError::netlink(format!("listing addresses of {name:?}")))?;
-    let mut present = false;
+    let mut present = Vec::new();
     for message in existing {
         if message.header.family != AddressFamily::Inet || message.header.index != index {
             continue;
@@ -156,12 +155,8 @@ pub(crate) async fn ensure_only_ipv4_address(
         let Some(stale) = ipv4_local(&message) else {
             continue;
         };
-        if stale == address && message.header.prefix_len == prefix_len {
-            present = true;
-            continue;
-        }
-        if stale == crate::METADATA_ADDRESS {
-            // The task metadata endpoint's address, which the agent adds to the bridge.
+        if wanted.contains(&(stale, message.header.prefix_len)) {
+            present.push((stale, message.header.prefix_len));
             continue;
         }
         tracing::warn!(
@@ -177,7 +172,7 @@ pub(crate) async fn ensure_only_ipv4_address(
             .await
             .map_err(NetError::netlink(format!("removing {stale} from {name:?}")))?;
     }
-    if !present {
+    for &(address, prefix_len) in wanted.iter().filter(|w| !present.contains(w)) {
         handle
             .address()
             .add(index, IpAddr::V4(address), prefix_len)

@@ -13,9 +13,9 @@
 //!
 //! `/v3/<token>...` (`ECS_CONTAINER_METADATA_URI`) serves the same documents.
 //!
-//! The agent adds `169.254.170.2/32` to its task bridge (idempotently, and never removes
-//! it: tasks outlive the agent) and listens on it with the socket bound to the bridge
-//! device, so that several agents on one host, each with its own bridge, can all serve
+//! `169.254.170.2/32` is on the task bridge (`net::HostNetwork::init` keeps it there
+//! with the gateway address, so it survives agent restarts for tasks that outlive the
+//! agent); the agent listens on it with the socket bound to the bridge device, so that several agents on one host, each with its own bridge, can all serve
 //! the same address. The caller is identified by the connection's source address,
 //! which the per-task anti-spoofing rules guarantee is the sender's own; see
 //! [`registry`] for the isolation decision. Every refusal is the same short 404.
@@ -25,7 +25,7 @@ mod registry;
 mod stats;
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,7 +35,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use futures::TryStreamExt;
 use serde::Serialize;
 
 pub(crate) use registry::{Registry, TaskEndpoint};
@@ -44,30 +43,14 @@ use documents::{ClockDrift, HostFacts};
 use registry::TaskRecord;
 use stats::{CgroupLayout, CpuSample, HostCpu};
 
-/// Where tasks reach the metadata endpoint.
-pub(crate) const METADATA_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 170, 2);
+/// Where tasks reach the metadata endpoint (`HostNetwork::init` puts it on the bridge).
+pub(crate) use net::METADATA_ADDRESS;
 const METADATA_PORT: u16 = 80;
 /// `adjtimex`'s state when the clock is not synchronized.
 const TIME_ERROR: i32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
-    #[error("cannot open a netlink socket to configure the metadata endpoint address")]
-    Netlink(#[source] io::Error),
-    #[error("cannot find the task bridge {bridge} to give it the metadata endpoint address")]
-    FindBridge {
-        bridge: String,
-        #[source]
-        source: Box<rtnetlink::Error>,
-    },
-    #[error("the task bridge {bridge} does not exist")]
-    NoBridge { bridge: String },
-    #[error("cannot add {METADATA_ADDRESS}/32 to the task bridge {bridge}")]
-    AddAddress {
-        bridge: String,
-        #[source]
-        source: Box<rtnetlink::Error>,
-    },
     #[error(
         "cannot listen on {METADATA_ADDRESS}:{METADATA_PORT} on bridge {bridge} for the task \
          metadata endpoint: stop whatever holds port {METADATA_PORT} on all addresses"
@@ -117,7 +100,6 @@ pub(crate) async fn start(
     registry: Arc<Registry>,
     paths: HostPaths,
 ) -> Result<(), MetadataError> {
-    ensure_address(bridge).await?;
     let listener = listen(bridge).map_err(|source| MetadataError::Listen {
         bridge: bridge.to_owned(),
         source,
@@ -149,48 +131,6 @@ pub(crate) async fn start(
         }
     });
     Ok(())
-}
-
-/// Adds `169.254.170.2/32` to the bridge unless it is there.
-async fn ensure_address(bridge: &str) -> Result<(), MetadataError> {
-    let (connection, handle, _) = rtnetlink::new_connection().map_err(MetadataError::Netlink)?;
-    let connection = tokio::spawn(connection);
-    let added = async {
-        let link = handle
-            .link()
-            .get()
-            .match_name(bridge.to_owned())
-            .execute()
-            .try_next()
-            .await
-            .map_err(|source| MetadataError::FindBridge {
-                bridge: bridge.to_owned(),
-                source: Box::new(source),
-            })?
-            .ok_or_else(|| MetadataError::NoBridge {
-                bridge: bridge.to_owned(),
-            })?;
-        match handle
-            .address()
-            .add(link.header.index, IpAddr::V4(METADATA_ADDRESS), 32)
-            .execute()
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(e))
-                if e.to_io().raw_os_error() == Some(libc::EEXIST) =>
-            {
-                Ok(())
-            }
-            Err(source) => Err(MetadataError::AddAddress {
-                bridge: bridge.to_owned(),
-                source: Box::new(source),
-            }),
-        }
-    }
-    .await;
-    connection.abort();
-    added
 }
 
 /// A listening socket on the endpoint's address, bound to the bridge device.

@@ -188,9 +188,13 @@ fn init_is_idempotent_and_repairs_the_bridge() {
         let third = HostNetwork::init(config()).await.expect("third init");
         assert_eq!(second.bridge_index, bridge.header.index, "bridge reused");
         assert_eq!(third.bridge_index, bridge.header.index, "bridge reused");
+        let mut addresses = ipv4_addresses(&host, bridge.header.index).await;
+        addresses.sort();
+        let mut expected = vec![(task_address(1), 24), (firewall::METADATA_ADDRESS, 32)];
+        expected.sort();
         assert_eq!(
-            ipv4_addresses(&host, bridge.header.index).await,
-            vec![(task_address(1), 24)]
+            addresses, expected,
+            "the gateway and the metadata address only"
         );
         let refreshed = link_message(&host, BRIDGE).await.expect("bridge");
         assert!(refreshed
@@ -249,7 +253,7 @@ fn leaving_traffic_is_masqueraded_and_unsolicited_inbound_is_dropped() {
             .expect("uplink host end");
         let outside_host = Ipv4Addr::new(198, 51, 100, 1);
         let outside_peer = Ipv4Addr::new(198, 51, 100, 2);
-        link::ensure_only_ipv4_address(&host, uplink.index, "eth0", outside_host, 24)
+        link::ensure_only_ipv4_addresses(&host, uplink.index, "eth0", &[(outside_host, 24)])
             .await
             .expect("address uplink");
         link::set_up(&host, uplink.index, "eth0", None)
@@ -259,7 +263,7 @@ fn leaving_traffic_is_masqueraded_and_unsolicited_inbound_is_dropped() {
             .await
             .expect("find")
             .expect("upstream end");
-        link::ensure_only_ipv4_address(&upstream, peer.index, "uplink0", outside_peer, 24)
+        link::ensure_only_ipv4_addresses(&upstream, peer.index, "uplink0", &[(outside_peer, 24)])
             .await
             .expect("address upstream");
         link::set_up(&upstream, peer.index, "uplink0", None)
