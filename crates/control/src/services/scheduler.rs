@@ -1,21 +1,23 @@
 //! The service scheduler: one loop that keeps every service's tasks as its record asks.
 //!
-//! It wakes when a service changes (API), when any task changes (agent reports, stops),
-//! and at least once per second (grace periods, the 40-second health rule, back-off
-//! expiry). Each pass takes one service at a time: read the record and the tasks of
-//! its group, [`plan`](super::plan::plan), stop and start tasks, then write the record
+//! It wakes when a service changes (API), when a service's task changes (agent reports,
+//! stops), when a load balancer target changes, and at least once per second (grace
+//! periods, the 40-second health rule, back-off expiry). A pass lists the services and,
+//! once per cluster, the tasks; then it takes one service at a time: its record and the
+//! tasks of its group, [`plan`](super::plan::plan), stop and start tasks, then write the record
 //! with compare-and-swap. When the write loses a race (an UpdateService meanwhile), the
 //! pass runs again on fresh data: the tasks it already started or stopped are in the
 //! store by then, so the new plan does not repeat them, and the events of the lost
 //! write are carried over.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use model::service::Service;
 use model::task::TaskStatus;
 use model::{EcsError, Timestamp};
-use store::{Expect, StoreError, StoreJsonExt};
+use store::{Expect, StoreError, StoreJsonExt, Versioned};
 use tokio::sync::Notify;
 
 use super::plan::{plan, push_event, Health, TaskView};
@@ -76,34 +78,63 @@ impl Control {
             .list_json::<ServiceRecord>("services/")
             .await
             .map_err(internal)?;
+        // One listing of a cluster's tasks serves the first attempt of all its services.
+        let mut by_cluster: BTreeMap<String, Vec<Versioned<ServiceRecord>>> = BTreeMap::new();
         for record in records {
-            let service = &record.value.service;
-            if service.status == "INACTIVE" {
-                continue;
+            if record.value.service.status != "INACTIVE" {
+                let cluster = model::arn::cluster_name(&record.value.service.cluster_arn);
+                by_cluster
+                    .entry(cluster.to_string())
+                    .or_default()
+                    .push(record);
             }
-            let cluster = model::arn::cluster_name(&service.cluster_arn).to_string();
-            if let Err(e) = self.schedule_service(&cluster, &service.service_name).await {
-                tracing::warn!(service = %service.service_name, cluster = %cluster, error = %e, "cannot schedule service");
+        }
+        for (cluster, services) in by_cluster {
+            let tasks = self.cluster_tasks(&cluster).await?;
+            for record in services {
+                let name = record.value.service.service_name.clone();
+                if let Err(e) = self.schedule_service(&cluster, record, &tasks).await {
+                    tracing::warn!(service = %name, cluster = %cluster, error = %e, "cannot schedule service");
+                }
             }
         }
         Ok(())
     }
 
-    /// One pass over one service (repeated if its record changed meanwhile).
-    pub(crate) async fn schedule_service(&self, cluster: &str, name: &str) -> Result<(), EcsError> {
-        let key = service_key(cluster, name);
+    /// One pass over one service, from its record and its cluster's tasks as just
+    /// listed; repeated on fresh reads if the record changed meanwhile.
+    async fn schedule_service(
+        &self,
+        cluster: &str,
+        listed: Versioned<ServiceRecord>,
+        cluster_tasks: &[TaskRecord],
+    ) -> Result<(), EcsError> {
+        let name = listed.value.service.service_name.clone();
+        let key = service_key(cluster, &name);
+        let group = service_group(&name);
+        let of_service = |tasks: &[TaskRecord]| -> Vec<TaskRecord> {
+            tasks
+                .iter()
+                .filter(|r| r.task.group.as_deref() == Some(group.as_str()))
+                .cloned()
+                .collect()
+        };
+        let mut first = Some((listed, of_service(cluster_tasks)));
         // Events of actions taken by attempts whose write was lost.
         let mut carried_events: Vec<String> = Vec::new();
         for _ in 0..MAX_ATTEMPTS {
-            let Some(current) = self.service_record(cluster, name).await? else {
-                return Ok(());
+            let (current, records) = match first.take() {
+                Some(listed) => listed,
+                None => match self.service_record(cluster, &name).await? {
+                    Some(record) => (record, of_service(&self.cluster_tasks(cluster).await?)),
+                    None => return Ok(()),
+                },
             };
             if current.value.service.status == "INACTIVE" {
                 return Ok(());
             }
             let now = model::now();
             let service = &current.value.service;
-            let records = self.service_tasks(cluster, service).await?;
             let tasks: Vec<TaskView> = records
                 .iter()
                 .map(|r| self.task_view(service, r, now))
@@ -189,22 +220,15 @@ impl Control {
         )
     }
 
-    /// The service's tasks: its group in its cluster.
-    async fn service_tasks(
-        &self,
-        cluster: &str,
-        service: &Service,
-    ) -> Result<Vec<TaskRecord>, EcsError> {
-        let group = service_group(&service.service_name);
-        let records = self
+    /// Every task record of a cluster.
+    async fn cluster_tasks(&self, cluster: &str) -> Result<Vec<TaskRecord>, EcsError> {
+        Ok(self
             .store()
             .list_json::<TaskRecord>(&format!("tasks/{cluster}/"))
             .await
-            .map_err(internal)?;
-        Ok(records
+            .map_err(internal)?
             .into_iter()
             .map(|v| v.value)
-            .filter(|r| r.task.group.as_deref() == Some(group.as_str()))
             .collect())
     }
 
