@@ -171,6 +171,8 @@ impl Agent {
                 ToAgent::Stop { task_id, reason } => self.stop(&task_id, reason),
                 ToAgent::Sync { tasks } => self.sync(tasks).await,
                 ToAgent::Forget { task_id } => self.forget(&task_id).await,
+                ToAgent::Security(update) => self.secure(update).await,
+                ToAgent::Names { names } => self.set_names(names),
             }
         }
     }
@@ -262,6 +264,18 @@ impl Agent {
     }
 
     /// Drops what is left of a stopped task past retention: its logs and state.
+    async fn secure(&self, update: model::agent::SecurityUpdate) {
+        tracing::debug!(
+            groups = update.members.len(),
+            policies = update.policies.len(),
+            "security update"
+        );
+    }
+
+    fn set_names(&self, names: std::collections::BTreeMap<String, Vec<std::net::Ipv4Addr>>) {
+        tracing::debug!(names = names.len(), "names update");
+    }
+
     async fn forget(&self, task_id: &str) {
         if self.is_tracked(task_id) {
             return;

@@ -13,12 +13,15 @@
 //!     | -------------- Stop{id, reason} ------> |  StopTask
 //!     | <------------- Report{task} ----------- |  each state change
 //!     | -------------- Forget{id} ------------> |  stopped task past retention
+//!     | -------------- Security{update} ------> |  group members or rules changed
+//!     | -------------- Names{table} ----------> |  service tasks came or went
 //! ```
 //!
 //! `Sync` lists tasks by plan: a task the agent does not know that never got past
 //! PROVISIONING is launched; one that did is reported STOPPED (lost with its host); a
 //! task the agent runs that the list omits is stopped.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -58,7 +61,8 @@ pub struct NetworkPlan {
     /// (those tasks are in their VPC's default group).
     #[serde(default)]
     pub security_groups: Vec<String>,
-    /// The rules of those groups, resolved to addresses. None (plans from before
+    /// The rules of those groups as the control plane compiled them when it sent the
+    /// plan; later changes arrive as [`ToAgent::Security`]. None (plans from before
     /// security groups) keeps the bridge's defaults: all egress allowed, ingress allowed
     /// from the task subnet only.
     #[serde(default)]
@@ -83,10 +87,26 @@ pub struct SecurityRule {
     /// Inclusive destination port range for TCP and UDP; None allows every port. Ignored
     /// for `All` and `Icmp`.
     pub ports: Option<(u16, u16)>,
-    /// The peer addresses: sources of ingress, destinations of egress. A CIDR of the
-    /// rule, or the current addresses of a source group's member tasks as /32s; the
-    /// control plane re-sends the policy when a group's membership changes.
+    /// The peer address ranges: sources of ingress, destinations of egress.
     pub sources: Vec<Ipv4Net>,
+    /// Peer security groups: their member tasks' addresses are peers too. Members are
+    /// sent apart from policies ([`SecurityUpdate::members`]), so a task joining or
+    /// leaving a group changes one set on the agent, not every policy naming the group.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// A change to the firewall state of an agent's tasks. The agent applies members first
+/// (so policies may name groups that just gained a set), then policies.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SecurityUpdate {
+    /// Every group some task's policy names, each with its complete member list (the
+    /// addresses of its tasks not yet stopped); the agent drops the sets of groups left
+    /// out.
+    pub members: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// Tasks whose policy changed, each with its complete new policy; after a `Sync`,
+    /// every task.
+    pub policies: BTreeMap<String, SecurityPolicy>,
 }
 
 /// The IP protocol a security rule allows.
@@ -167,10 +187,28 @@ impl HealthCheckPlan {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToAgent {
-    Sync { tasks: Vec<TaskPlan> },
-    Launch { plan: Box<TaskPlan> },
-    Stop { task_id: String, reason: String },
-    Forget { task_id: String },
+    Sync {
+        tasks: Vec<TaskPlan>,
+    },
+    Launch {
+        plan: Box<TaskPlan>,
+    },
+    Stop {
+        task_id: String,
+        reason: String,
+    },
+    Forget {
+        task_id: String,
+    },
+    /// Security group members and task policies that changed; after a `Sync`, the
+    /// complete state.
+    Security(SecurityUpdate),
+    /// The names the agent's resolver answers inside tasks, `<service>.<cluster>.local`
+    /// (lower case) to the addresses of the service's running tasks that are not
+    /// unhealthy; the complete table, sent whenever it changes and after a `Sync`.
+    Names {
+        names: BTreeMap<String, Vec<Ipv4Addr>>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -56,6 +56,7 @@ fn policy(members: &[Ipv4Addr], extra_rule: bool) -> SecurityPolicy {
         protocol,
         ports,
         sources,
+        groups: vec![],
     };
     let mut ingress = vec![
         rule(

@@ -139,6 +139,7 @@ impl TaskFirewall {
             protocol: Protocol::All,
             ports: None,
             sources: vec![peer],
+            groups: vec![],
         };
         SecurityPolicy {
             ingress: vec![all(self.subnet)],

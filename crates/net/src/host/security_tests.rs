@@ -38,6 +38,7 @@ fn rule(protocol: Protocol, ports: Option<(u16, u16)>, sources: &[&str]) -> Secu
         protocol,
         ports,
         sources: sources.iter().map(|source| net(source)).collect(),
+        groups: vec![],
     }
 }
 

@@ -15,6 +15,7 @@ fn rule(protocol: Protocol, ports: Option<(u16, u16)>, sources: &[&str]) -> Secu
         protocol,
         ports,
         sources: sources.iter().map(|s| s.parse().expect("net")).collect(),
+        groups: vec![],
     }
 }
 
