@@ -258,7 +258,7 @@ fn fill<T>(slot: &mut Option<T>, value: Option<T>) {
 
 #[cfg(test)]
 mod tests {
-    use model::agent::{ContainerPlan, ContainerReport, HealthCheckPlan, NetworkPlan};
+    use model::agent::{ContainerPlan, ContainerReport, HealthCheckPlan, NetworkMode, NetworkPlan};
     use serde_json::json;
 
     use super::*;
@@ -293,6 +293,8 @@ mod tests {
                 attachment_id: "attachment".into(),
                 security_groups: vec![],
                 security: None,
+                mode: NetworkMode::Awsvpc,
+                port_bindings: vec![],
             },
             containers: containers
                 .iter()

@@ -5,7 +5,7 @@
 //! a concurrent DeleteCluster cannot leave tasks in a deleted cluster. Only then are the
 //! plans sent to the agent; a plan lost in a crash is re-sent by the next `Sync`.
 
-use model::agent::{ContainerPlan, HealthCheckPlan, NetworkPlan, TaskPlan, ToAgent};
+use model::agent::{ContainerPlan, HealthCheckPlan, NetworkMode, NetworkPlan, TaskPlan, ToAgent};
 use model::ops::*;
 use model::tag::validate_tags;
 use model::task::*;
@@ -143,6 +143,8 @@ impl Control {
                 attachment_id: arn::new_uuid(),
                 security_groups: task_network.security_groups.clone(),
                 security: None,
+                mode: NetworkMode::Awsvpc,
+                port_bindings: vec![],
             };
             records.push(self.new_task(
                 &r,

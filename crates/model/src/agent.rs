@@ -67,6 +67,33 @@ pub struct NetworkPlan {
     /// from the task subnet only.
     #[serde(default)]
     pub security: Option<SecurityPolicy>,
+    /// awsvpc in plans persisted before bridge mode.
+    #[serde(default)]
+    pub mode: NetworkMode,
+    /// Container ports published on the host (bridge mode only), host ports assigned.
+    #[serde(default)]
+    pub port_bindings: Vec<PortBinding>,
+}
+
+/// How a task is networked. Either way it has its own namespace and address on the
+/// host bridge; they differ in how it is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum NetworkMode {
+    /// Reached at its own address, as its security groups allow.
+    #[default]
+    Awsvpc,
+    /// Reached through host ports its port mappings publish; no security groups.
+    Bridge,
+}
+
+/// One container port published on a host port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortBinding {
+    pub container_name: String,
+    pub container_port: u16,
+    pub host_port: u16,
+    /// `Tcp` or `Udp`.
+    pub protocol: Protocol,
 }
 
 /// The effective rules of a task's security groups, as the control plane resolved them:

@@ -202,7 +202,7 @@ fn resolve<'a>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use model::agent::{ContainerPlan, NetworkPlan};
+    use model::agent::{ContainerPlan, NetworkMode, NetworkPlan};
     use model::task::TaskStatus;
 
     pub(crate) fn container_plan(name: &str) -> ContainerPlan {
@@ -245,6 +245,8 @@ pub(crate) mod tests {
                 attachment_id: "att-1".into(),
                 security_groups: vec![],
                 security: None,
+                mode: NetworkMode::Awsvpc,
+                port_bindings: vec![],
             },
             containers: containers.iter().map(|c| container_plan(c)).collect(),
             last_status: TaskStatus::Provisioning,
