@@ -9,15 +9,20 @@
 //! control plane's `Sync` finds it already tracking them.
 //!
 //! The agent also serves the task metadata endpoint at 169.254.170.2 (see [`metadata`]);
-//! runners keep its registry of tasks up to date as they report.
+//! runners keep its registry of tasks up to date as they report. Beside it, on the
+//! bridge gateway, the task resolver (see [`dns`]) answers the service names the control
+//! plane sends and forwards every other name to the host's name servers.
 
+mod dns;
 mod images;
 mod metadata;
 mod prepare;
 mod runner;
+mod security;
 
 use std::collections::HashMap;
 
+pub use dns::DnsError;
 pub use images::ImageSettings;
 pub use metadata::MetadataError;
 use std::path::{Path, PathBuf};
@@ -57,6 +62,8 @@ pub enum AgentError {
     Sandbox(#[from] sandbox::SandboxError),
     #[error("cannot start the task metadata endpoint")]
     Metadata(#[from] MetadataError),
+    #[error("cannot start the task resolver")]
+    Dns(#[from] DnsError),
     #[error("task {task_id} is not known to this agent: check the task id with `skiff ps`")]
     UnknownTask { task_id: String },
 }
@@ -81,6 +88,10 @@ struct Inner {
     runners: Mutex<HashMap<String, watch::Sender<Option<String>>>>,
     /// What the task metadata endpoint serves, kept up to date by the runners.
     metadata: Arc<metadata::Registry>,
+    /// Security group policies that arrived after the tasks' plans.
+    security: security::LatestPolicies,
+    /// The service names the task resolver answers, replaced by the control plane.
+    names: Arc<dns::ServiceNames>,
 }
 
 impl Agent {
@@ -111,6 +122,8 @@ impl Agent {
             },
         )
         .await?;
+        let names = Arc::new(dns::ServiceNames::default());
+        dns::start(network.gateway(), names.clone()).await?;
         let agent = Agent {
             inner: Arc::new(Inner {
                 config,
@@ -123,6 +136,8 @@ impl Agent {
                 reports,
                 runners: Mutex::new(HashMap::new()),
                 metadata,
+                security: security::LatestPolicies::default(),
+                names,
             }),
         };
         agent.adopt_survivors().await;
@@ -219,7 +234,9 @@ impl Agent {
         tokio::spawn(async move {
             runner::run(&agent, plan, adopted, stop_rx).await;
             agent.inner.metadata.remove(&task_id);
-            agent.runners().remove(&task_id);
+            let mut runners = agent.runners();
+            runners.remove(&task_id);
+            agent.inner.security.remove(&task_id);
         });
     }
 
@@ -263,19 +280,11 @@ impl Agent {
         }
     }
 
-    /// Drops what is left of a stopped task past retention: its logs and state.
-    async fn secure(&self, update: model::agent::SecurityUpdate) {
-        tracing::debug!(
-            groups = update.members.len(),
-            policies = update.policies.len(),
-            "security update"
-        );
-    }
-
     fn set_names(&self, names: std::collections::BTreeMap<String, Vec<std::net::Ipv4Addr>>) {
-        tracing::debug!(names = names.len(), "names update");
+        self.inner.names.replace(names);
     }
 
+    /// Drops what is left of a stopped task past retention: its logs and state.
     async fn forget(&self, task_id: &str) {
         if self.is_tracked(task_id) {
             return;

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use image::{Image, ImageStore};
 use model::agent::{ContainerPlan, TaskPlan};
-use supervisor::spec::{Condition, ContainerSpec, Dependency, HealthCheck, TaskSpec};
+use supervisor::spec::{Condition, ContainerSpec, Dependency, DnsConfig, HealthCheck, TaskSpec};
 
+use crate::dns;
 use crate::metadata::{self, TaskEndpoint};
 
 const PLAN_FILE: &str = "plan.json";
@@ -108,7 +109,8 @@ pub(crate) fn hostname(plan: &TaskPlan) -> String {
 }
 
 /// Builds the sandbox's task spec from the plan, each container's image, and the
-/// task's metadata endpoint (each container's URIs).
+/// task's metadata endpoint (each container's URIs). The task asks the resolver on its
+/// gateway, and short names are its cluster's service names.
 pub(crate) fn task_spec(
     plan: &TaskPlan,
     netns_path: PathBuf,
@@ -132,6 +134,10 @@ pub(crate) fn task_spec(
         netns_path,
         hostname: hostname(plan),
         address: Some(plan.network.address),
+        dns: Some(DnsConfig {
+            nameserver: plan.network.gateway,
+            search: vec![dns::search_domain(&plan.cluster)],
+        }),
         containers: specs,
     })
 }

@@ -209,7 +209,13 @@ async fn alongside<M: Future, S: Future>(main: M, mut side: Pin<&mut MaybeDone<S
 
 /// Attaches the task's network interface; the error is the task's stoppedReason.
 async fn attach_network(agent: &Agent, plan: &TaskPlan) -> Result<TaskInterface, String> {
-    agent
+    let failed = |what: &str, e: net::NetError| {
+        format!(
+            "ResourceInitializationError: failed to {what}: {}",
+            model::error_chain(&e)
+        )
+    };
+    let interface = agent
         .inner
         .network
         .attach(
@@ -218,12 +224,17 @@ async fn attach_network(agent: &Agent, plan: &TaskPlan) -> Result<TaskInterface,
             plan.network.security.as_ref(),
         )
         .await
-        .map_err(|e| {
-            format!(
-                "ResourceInitializationError: failed to configure the task network: {}",
-                model::error_chain(&e)
-            )
-        })
+        .map_err(|e| failed("configure the task network", e))?;
+    // Bridge mode's host ports; an awsvpc plan has none, and publishing none is free.
+    let network = &plan.network;
+    agent
+        .inner
+        .network
+        .publish(&plan.task_id, network.address, &network.port_bindings)
+        .await
+        .map_err(|e| failed("publish the task's port mappings", e))?;
+    agent.apply_latest_policy(&plan.task_id).await?;
+    Ok(interface)
 }
 
 /// A task's images, each distinct reference resolved once.

@@ -12,12 +12,15 @@
 //! Query protocol services (ELBv2) go through [`EcsClient::query`]: a form body
 //! `Action=..&Version=..&members`, signed for the service's own signing name, whose XML
 //! result is returned as JSON (lists of `member` become arrays, elements with children
-//! objects, the rest strings).
+//! objects, the rest strings). EC2's dialect of it, whose results sit directly in the
+//! response element, goes through [`EcsClient::ec2_query`].
 //!
 //! Failures keep the server's meaning: an error response `{"__type", "message"}` becomes
 //! [`ClientError::Service`] with the namespace prefix (`com.amazonaws.ecs#`) stripped as
 //! botocore does (an XML `<Error><Code>` likewise), and a refused connection says the
 //! server is not running.
+
+mod ec2;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -187,6 +190,26 @@ impl EcsClient {
         action: &str,
         members: &[(String, String)],
     ) -> Result<serde_json::Value, ClientError> {
+        let result_name = format!("{action}Result");
+        self.query_document(service, version, action, members, |response| {
+            response
+                .children()
+                .find(|n| n.has_tag_name(result_name.as_str()))
+                .map_or_else(|| serde_json::json!({}), xml_to_json)
+        })
+        .await
+    }
+
+    /// Sends a Query protocol request and reads the result out of the response's root
+    /// element (`<{action}Response>`) with `result`.
+    async fn query_document(
+        &self,
+        service: &str,
+        version: &str,
+        action: &str,
+        members: &[(String, String)],
+        result: impl FnOnce(roxmltree::Node<'_, '_>) -> serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
         let body = form_urlencoded::Serializer::new(String::new())
             .append_pair("Action", action)
             .append_pair("Version", version)
@@ -219,12 +242,7 @@ impl EcsClient {
         };
         let document =
             roxmltree::Document::parse(&text).map_err(|e| decode_error(e.to_string()))?;
-        let result_name = format!("{action}Result");
-        let result = document
-            .root_element()
-            .children()
-            .find(|n| n.has_tag_name(result_name.as_str()));
-        Ok(result.map_or_else(|| serde_json::json!({}), xml_to_json))
+        Ok(result(document.root_element()))
     }
 
     fn native_url(&self, path_and_query: &str) -> Result<Url, ClientError> {

@@ -161,12 +161,9 @@ impl Control {
         r: ListClustersRequest,
     ) -> Result<ListClustersResponse, EcsError> {
         let clusters: Vec<Cluster> = self
-            .store()
-            .list_json::<Cluster>("clusters/")
-            .await
-            .map_err(internal)?
+            .list_values::<Cluster>("clusters/")
+            .await?
             .into_iter()
-            .map(|v| v.value)
             .filter(|c| c.status == "ACTIVE")
             .collect();
         let (page, next_token) = page(

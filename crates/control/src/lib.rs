@@ -19,6 +19,7 @@
 
 mod clusters;
 mod ipam;
+mod ports;
 mod reports;
 mod services;
 mod tags;
@@ -35,9 +36,10 @@ use model::arn::Scope;
 use model::ops::Request;
 use model::EcsError;
 use serde::Serialize;
-use store::{Store, StoreError};
+use store::{Store, StoreError, StoreJsonExt};
 use tokio::sync::{mpsc, Mutex};
 
+pub use ports::{HostPortRange, HostPortRangeError, DEFAULT_HOST_PORT_RANGE};
 pub use tasks::TaskRecord;
 
 /// How the control plane is set up.
@@ -63,7 +65,11 @@ struct Inner {
     agent: std::sync::Mutex<Option<mpsc::UnboundedSender<ToAgent>>>,
     /// Serialises address allocation with the task writes that claim the addresses.
     ipam: Mutex<ipam::Ipam>,
+    /// Host ports of bridge-mode tasks; allocated only under the `ipam` lock.
+    ports: std::sync::Mutex<ports::HostPorts>,
     scheduler: services::SchedulerHandle,
+    /// Sends the agent security group and service name changes.
+    network_sync: vpc::NetworkSync,
     /// The load balancer services register their tasks with, once attached.
     balancer: std::sync::OnceLock<lb::Balancer>,
 }
@@ -78,17 +84,35 @@ impl Control {
                 config,
                 agent: std::sync::Mutex::new(None),
                 ipam: Mutex::new(ipam),
+                ports: std::sync::Mutex::new(ports::HostPorts::new(HostPortRange::default())),
                 scheduler: services::SchedulerHandle::default(),
+                network_sync: vpc::NetworkSync::default(),
                 balancer: std::sync::OnceLock::new(),
             }),
         };
         control.ensure_default_network().await?;
         control.rebuild_ipam().await?;
+        control.rebuild_host_ports().await?;
         Ok(control)
     }
 
     fn store(&self) -> &dyn Store {
         self.inner.store.as_ref()
+    }
+
+    /// The values stored under `prefix`, without their revisions.
+    async fn list_values<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<T>, EcsError> {
+        Ok(self
+            .store()
+            .list_json::<T>(prefix)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .map(|v| v.value)
+            .collect())
     }
 
     fn scope(&self) -> &Scope {
@@ -97,6 +121,10 @@ impl Control {
 
     fn scheduler(&self) -> &services::SchedulerHandle {
         &self.inner.scheduler
+    }
+
+    fn network_sync(&self) -> &vpc::NetworkSync {
+        &self.inner.network_sync
     }
 
     /// Gives services a load balancer to register their tasks with (their
@@ -145,7 +173,8 @@ impl Control {
     /// Connects an agent: `to_agent` carries the control plane's messages, `from_agent`
     /// the agent's. Spawns the loop that applies the agent's reports; the agent's
     /// `Hello` is answered with a `Sync` of every task placed on it. Also starts the
-    /// loop that forgets stopped tasks past their retention and the service scheduler.
+    /// loop that forgets stopped tasks past their retention, the service scheduler, and
+    /// the loop that sends the agent security group and service name changes.
     pub fn attach_agent(
         &self,
         to_agent: mpsc::UnboundedSender<ToAgent>,
@@ -158,11 +187,14 @@ impl Control {
             let sweeper = tokio::spawn(async move { retention.forget_expired_loop().await });
             let scheduling = control.clone();
             let scheduler = tokio::spawn(async move { scheduling.run_scheduler().await });
+            let syncing = control.clone();
+            let network = tokio::spawn(async move { syncing.run_network_sync().await });
             while let Some(message) = from_agent.recv().await {
                 control.on_agent_message(message).await;
             }
             sweeper.abort();
             scheduler.abort();
+            network.abort();
             tracing::warn!("agent disconnected from the control plane");
         })
     }

@@ -64,6 +64,7 @@ impl Control {
         for stop in stops {
             self.send_to_agent(stop);
         }
+        self.network_sync().resend().await;
         Ok(())
     }
 
@@ -94,6 +95,7 @@ impl Control {
             .await?;
         if let (Some(address), Some(rec)) = (released, updated) {
             self.inner.ipam.lock().await.release(address);
+            self.host_ports().release(&id);
             tracing::info!(
                 task_id = %id,
                 cluster = %cluster,

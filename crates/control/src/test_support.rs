@@ -14,7 +14,10 @@ use crate::{Control, ControlConfig};
 
 pub(crate) struct Harness {
     pub control: Control,
+    /// What the agent is sent about tasks (all but the network messages).
     pub to_agent: mpsc::UnboundedReceiver<ToAgent>,
+    /// The `Security` and `Names` messages the agent is sent.
+    pub network: mpsc::UnboundedReceiver<ToAgent>,
     pub from_agent: mpsc::UnboundedSender<FromAgent>,
 }
 
@@ -34,12 +37,25 @@ impl Harness {
         )
         .await
         .unwrap();
-        let (to_tx, to_agent) = mpsc::unbounded_channel();
+        let (to_tx, mut sent) = mpsc::unbounded_channel();
         let (from_agent, from_rx) = mpsc::unbounded_channel();
         control.attach_agent(to_tx, from_rx);
+        let (tasks_tx, to_agent) = mpsc::unbounded_channel();
+        let (network_tx, network) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(message) = sent.recv().await {
+                let route = match message {
+                    ToAgent::Security(_) | ToAgent::Names { .. } => &network_tx,
+                    _ => &tasks_tx,
+                };
+                // A test that dropped a receiver does not want its messages.
+                let _ = route.send(message);
+            }
+        });
         Harness {
             control,
             to_agent,
+            network,
             from_agent,
         }
     }

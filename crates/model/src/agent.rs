@@ -111,8 +111,9 @@ pub struct SecurityPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecurityRule {
     pub protocol: Protocol,
-    /// Inclusive destination port range for TCP and UDP; None allows every port. Ignored
-    /// for `All` and `Icmp`.
+    /// Inclusive destination port range for TCP and UDP; for ICMP, the one ICMP type
+    /// allowed (the range's low end, every code of it). None allows every port or type.
+    /// Ignored for `All`.
     pub ports: Option<(u16, u16)>,
     /// The peer address ranges: sources of ingress, destinations of egress.
     pub sources: Vec<Ipv4Net>,

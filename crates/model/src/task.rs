@@ -156,8 +156,9 @@ pub struct Container {
     pub exit_code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The container's ports published on the host (bridge mode).
     #[serde(default)]
-    pub network_bindings: Vec<serde_json::Value>,
+    pub network_bindings: Vec<NetworkBinding>,
     #[serde(default)]
     pub network_interfaces: Vec<NetworkInterface>,
     pub health_status: String,
@@ -166,6 +167,19 @@ pub struct Container {
     pub memory: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_reservation: Option<String>,
+}
+
+/// A container port published on a host port, as ECS reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkBinding {
+    /// The host address the port is published on: every address of the host.
+    #[serde(rename = "bindIP")]
+    pub bind_ip: String,
+    pub container_port: u16,
+    pub host_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

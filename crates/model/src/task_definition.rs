@@ -49,6 +49,14 @@ pub struct TaskDefinition {
     pub extra: Extra,
 }
 
+impl TaskDefinition {
+    /// Whether the definition's tasks use bridge network mode: reached through the host
+    /// ports their port mappings publish rather than at their own address.
+    pub fn is_bridge(&self) -> bool {
+        self.network_mode.as_deref() == Some("bridge")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EphemeralStorage {
@@ -171,6 +179,13 @@ pub struct PortMapping {
     pub app_protocol: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_port_range: Option<String>,
+}
+
+impl PortMapping {
+    /// The mapping's protocol: ECS's default is tcp.
+    pub fn protocol_name(&self) -> &str {
+        self.protocol.as_deref().unwrap_or("tcp")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

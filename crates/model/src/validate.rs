@@ -2,7 +2,7 @@
 //! messages that say what to change. [`task_definition`] checks a definition and returns
 //! it normalised (`cpu`/`memory` in units and MiB, compatibilities filled in).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::task::TaskOverride;
 use crate::task_definition::{ContainerDefinition, TaskDefinition};
@@ -105,7 +105,7 @@ pub fn task_definition(mut td: TaskDefinition) -> Result<TaskDefinition, EcsErro
     for compat in &td.requires_compatibilities {
         if !["FARGATE", "EC2", "EXTERNAL"].contains(&compat.as_str()) {
             return Err(client(format!(
-                "Invalid requiresCompatibilities value '{compat}': use FARGATE."
+                "Invalid requiresCompatibilities value '{compat}': use FARGATE, EC2 or EXTERNAL."
             )));
         }
     }
@@ -119,12 +119,7 @@ pub fn task_definition(mut td: TaskDefinition) -> Result<TaskDefinition, EcsErro
             "Too many containers: a task definition may have at most {MAX_CONTAINERS}."
         )));
     }
-    let network_mode = td.network_mode.get_or_insert_with(|| "awsvpc".into());
-    if network_mode != "awsvpc" {
-        return Err(client(format!(
-            "Fargate only supports network mode 'awsvpc'; '{network_mode}' was given. Remove networkMode or set it to awsvpc."
-        )));
-    }
+    let bridge = network_mode(&mut td)?;
     let cpu = td.cpu.as_deref().ok_or_else(|| {
         client("Fargate requires that 'cpu' be defined at the task level (for example \"256\" or \"1 vCPU\").")
     })?;
@@ -165,10 +160,80 @@ pub fn task_definition(mut td: TaskDefinition) -> Result<TaskDefinition, EcsErro
         }
     }
     containers(&td.container_definitions, cpu, memory)?;
+    port_mappings(&td.container_definitions, bridge)?;
 
-    td.requires_compatibilities = vec!["FARGATE".into()];
-    td.compatibilities = vec!["EC2".into(), "FARGATE".into()];
+    if bridge {
+        td.compatibilities = vec!["EXTERNAL".into(), "EC2".into()];
+    } else {
+        td.requires_compatibilities = vec!["FARGATE".into()];
+        td.compatibilities = vec!["EC2".into(), "FARGATE".into()];
+    }
     Ok(td)
+}
+
+/// Checks `networkMode` (awsvpc when absent) against `requiresCompatibilities`; true for
+/// bridge mode, which only EC2 and EXTERNAL definitions may use.
+fn network_mode(td: &mut TaskDefinition) -> Result<bool, EcsError> {
+    let mode = td.network_mode.get_or_insert_with(|| "awsvpc".into());
+    let fargate = td.requires_compatibilities.iter().any(|c| c == "FARGATE");
+    match mode.as_str() {
+        "awsvpc" => Ok(false),
+        "bridge" if !fargate => Ok(true),
+        "bridge" => Err(client(
+            "Fargate only supports network mode 'awsvpc'; 'bridge' was given. Set networkMode to awsvpc, or requiresCompatibilities to EC2 for a bridge-mode definition.",
+        )),
+        other => Err(client(format!(
+            "Network mode '{other}' is not supported: use awsvpc, or bridge in a definition whose requiresCompatibilities is EC2."
+        ))),
+    }
+}
+
+/// Checks the containers' `portMappings`. With awsvpc a task is reached at its own
+/// address, so a hostPort can only repeat the containerPort; with bridge each mapping
+/// publishes its containerPort on a host port (hostPort 0 or absent: one the server
+/// picks), and no host port may be published twice.
+fn port_mappings(defs: &[ContainerDefinition], bridge: bool) -> Result<(), EcsError> {
+    let mut published: HashMap<(u16, &str), &str> = HashMap::new();
+    for c in defs {
+        let n = &c.name;
+        for pm in &c.port_mappings {
+            let protocol = pm.protocol_name();
+            if protocol != "tcp" && protocol != "udp" {
+                return Err(client(format!(
+                    "Container '{n}': port mapping protocol must be tcp or udp, not '{protocol}'."
+                )));
+            }
+            if !bridge {
+                if let (Some(host), Some(container)) = (pm.host_port, pm.container_port) {
+                    if host != container {
+                        return Err(client(format!(
+                            "Container '{n}': with awsvpc, hostPort ({host}) must be empty or equal to containerPort ({container})."
+                        )));
+                    }
+                }
+                continue;
+            }
+            if pm.container_port_range.is_some() {
+                return Err(client(format!(
+                    "Container '{n}': containerPortRange is not supported in bridge mode: map each containerPort on its own."
+                )));
+            }
+            if pm.container_port.unwrap_or(0) == 0 {
+                return Err(client(format!(
+                    "Container '{n}': a port mapping needs a containerPort between 1 and 65535."
+                )));
+            }
+            let Some(host) = pm.host_port.filter(|p| *p != 0) else {
+                continue;
+            };
+            if let Some(first) = published.insert((host, protocol), n) {
+                return Err(client(format!(
+                    "Host port {host}/{protocol} is mapped more than once (containers '{first}' and '{n}'): give each mapping its own hostPort, or 0 for a dynamic one."
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn containers(
@@ -339,22 +404,6 @@ fn container(c: &ContainerDefinition) -> Result<(), EcsError> {
             "Container '{n}': the memory limit must be at least 6 MiB."
         )));
     }
-    for pm in &c.port_mappings {
-        if let (Some(host), Some(container)) = (pm.host_port, pm.container_port) {
-            if host != container {
-                return Err(client(format!(
-                    "Container '{n}': with awsvpc, hostPort ({host}) must be empty or equal to containerPort ({container})."
-                )));
-            }
-        }
-        if let Some(protocol) = pm.protocol.as_deref() {
-            if protocol != "tcp" && protocol != "udp" {
-                return Err(client(format!(
-                    "Container '{n}': port mapping protocol must be tcp or udp, not '{protocol}'."
-                )));
-            }
-        }
-    }
     for (field, value) in [
         ("startTimeout", c.start_timeout),
         ("stopTimeout", c.stop_timeout),
@@ -448,208 +497,4 @@ pub fn overrides(td: &TaskDefinition, overrides: &TaskOverride) -> Result<(u32, 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::task::ContainerOverride;
-    use crate::task_definition::{Capabilities, ContainerDependency, LinuxParameters, PortMapping};
-
-    fn td() -> TaskDefinition {
-        TaskDefinition {
-            family: "web".into(),
-            cpu: Some("256".into()),
-            memory: Some("512".into()),
-            container_definitions: vec![ContainerDefinition {
-                name: "app".into(),
-                image: "busybox".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }
-    }
-
-    fn err(td: TaskDefinition) -> String {
-        task_definition(td).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn accepts_and_normalises() {
-        let mut d = td();
-        d.cpu = Some("1 vCPU".into());
-        d.memory = Some("2 GB".into());
-        let ok = task_definition(d).unwrap();
-        assert_eq!(ok.cpu.as_deref(), Some("1024"));
-        assert_eq!(ok.memory.as_deref(), Some("2048"));
-        assert_eq!(ok.network_mode.as_deref(), Some("awsvpc"));
-        assert_eq!(ok.requires_compatibilities, vec!["FARGATE"]);
-        assert_eq!(parse_cpu("0.25 vCPU").unwrap(), 256);
-    }
-
-    #[test]
-    fn size_table() {
-        for (cpu, mem, ok) in [
-            (256, 512, true),
-            (256, 4096, false),
-            (512, 4096, true),
-            (1024, 9216, false),
-            (4096, 30720, true),
-            (8192, 20480, true),
-            (8192, 18432, false),
-            (16384, 122880, true),
-            (300, 512, false),
-        ] {
-            assert_eq!(fargate_size(cpu, mem).is_ok(), ok, "{cpu}/{mem}");
-        }
-        let mut d = td();
-        d.memory = Some("4096".into());
-        assert!(err(d).starts_with("No Fargate configuration exists"));
-        let mut d = td();
-        d.cpu = None;
-        assert!(err(d).contains("'cpu'"));
-        let mut d = td();
-        d.cpu = Some("lots".into());
-        assert_eq!(err(d), "Invalid 'cpu' setting for task.");
-    }
-
-    #[test]
-    fn refuses_what_fargate_refuses() {
-        type Mutation = Box<dyn Fn(&mut TaskDefinition)>;
-        let cases: Vec<(&str, Mutation)> = vec![
-            (
-                "privileged",
-                Box::new(|d| d.container_definitions[0].privileged = Some(true)),
-            ),
-            (
-                "network mode",
-                Box::new(|d| d.network_mode = Some("bridge".into())),
-            ),
-            (
-                "links",
-                Box::new(|d| d.container_definitions[0].links = vec!["x".into()]),
-            ),
-            (
-                "SYS_PTRACE",
-                Box::new(|d| {
-                    d.container_definitions[0].linux_parameters = Some(LinuxParameters {
-                        capabilities: Some(Capabilities {
-                            add: vec!["NET_ADMIN".into()],
-                            drop: vec![],
-                        }),
-                        ..Default::default()
-                    })
-                }),
-            ),
-            (
-                "hostPort",
-                Box::new(|d| {
-                    d.container_definitions[0].port_mappings = vec![PortMapping {
-                        container_port: Some(80),
-                        host_port: Some(8080),
-                        protocol: None,
-                        name: None,
-                        app_protocol: None,
-                        container_port_range: None,
-                    }]
-                }),
-            ),
-            (
-                "stopTimeout",
-                Box::new(|d| d.container_definitions[0].stop_timeout = Some(121)),
-            ),
-            (
-                "ephemeral",
-                Box::new(|d| {
-                    d.ephemeral_storage =
-                        Some(crate::task_definition::EphemeralStorage { size_in_gi_b: 20 })
-                }),
-            ),
-            (
-                "essential",
-                Box::new(|d| d.container_definitions[0].essential = Some(false)),
-            ),
-            ("family", Box::new(|d| d.family = "bad name".into())),
-            (
-                "unique",
-                Box::new(|d| {
-                    let c = d.container_definitions[0].clone();
-                    d.container_definitions.push(c)
-                }),
-            ),
-            (
-                "at most 10",
-                Box::new(|d| {
-                    let c = d.container_definitions[0].clone();
-                    d.container_definitions = (0..11)
-                        .map(|i| ContainerDefinition {
-                            name: format!("c{i}"),
-                            ..c.clone()
-                        })
-                        .collect();
-                }),
-            ),
-            (
-                "memoryReservation",
-                Box::new(|d| {
-                    d.container_definitions[0].memory = Some(100);
-                    d.container_definitions[0].memory_reservation = Some(100);
-                }),
-            ),
-            (
-                "exceeds the task's memory",
-                Box::new(|d| d.container_definitions[0].memory = Some(1024)),
-            ),
-        ];
-        for (expect, mutate) in cases {
-            let mut d = td();
-            mutate(&mut d);
-            let msg = err(d);
-            assert!(msg.contains(expect), "expected '{expect}' in: {msg}");
-        }
-    }
-
-    #[test]
-    fn dependencies() {
-        let mut d = td();
-        let mut init = d.container_definitions[0].clone();
-        init.name = "init".into();
-        init.essential = Some(false);
-        d.container_definitions[0].depends_on = vec![ContainerDependency {
-            container_name: "init".into(),
-            condition: "SUCCESS".into(),
-        }];
-        d.container_definitions.push(init.clone());
-        assert!(task_definition(d.clone()).is_ok());
-
-        d.container_definitions[1].essential = Some(true);
-        assert!(err(d.clone()).contains("cannot wait for essential"));
-
-        d.container_definitions[1].essential = Some(false);
-        d.container_definitions[1].depends_on = vec![ContainerDependency {
-            container_name: "app".into(),
-            condition: "START".into(),
-        }];
-        assert!(err(d.clone()).contains("cycle"));
-
-        d.container_definitions[1].depends_on[0].container_name = "ghost".into();
-        assert!(err(d).contains("not in this task definition"));
-    }
-
-    #[test]
-    fn override_rules() {
-        let d = task_definition(td()).unwrap();
-        let mut o = TaskOverride::default();
-        assert_eq!(overrides(&d, &o).unwrap(), (256, 512));
-        o.cpu = Some("512".into());
-        o.memory = Some("1024".into());
-        assert_eq!(overrides(&d, &o).unwrap(), (512, 1024));
-        o.memory = Some("512".into());
-        assert!(overrides(&d, &o).is_err());
-        let o = TaskOverride {
-            container_overrides: vec![ContainerOverride {
-                name: Some("nope".into()),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        assert!(overrides(&d, &o).unwrap_err().to_string().contains("nope"));
-    }
-}
+mod tests;

@@ -69,8 +69,14 @@ pub enum NetError {
     #[error("the network namespace worker thread panicked: this is a bug, the panic message is in the agent's log")]
     ThreadPanicked,
 
-    #[error("cannot enable IPv4 forwarding through {path:?}: run the agent as root with /proc/sys writable")]
-    Forwarding { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot enable {setting} through {path:?}: run the agent as root with /proc/sys writable"
+    )]
+    Sysctl {
+        setting: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
 
     #[error("cannot install the nftables tables `ip skiff_<bridge>` and `bridge skiff_<bridge>`: check that `nft` is on PATH and the kernel has nf_tables with NAT and bridge support")]
     Firewall {
@@ -89,8 +95,8 @@ pub enum NetError {
     #[error("security rule port range {low}-{high} is reversed: give the lower port first")]
     InvalidPortRange { low: u16, high: u16 },
 
-    #[error("task {task_id} has no network attachment on this host: attach it before applying security rules")]
-    NotAttached { task_id: String },
+    #[error("security group id {group:?} is not of the form sg-<letters and digits>: the control plane sends only ids it created")]
+    InvalidGroupId { group: String },
 }
 
 impl NetError {

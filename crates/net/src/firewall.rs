@@ -1,5 +1,6 @@
 //! IPv4 forwarding and the bridge-wide nftables rules: NAT, host protection, and the
-//! dispatch to per-task chains (the per-task chains themselves are `security`'s).
+//! dispatch to per-task chains (the per-task chains themselves are `security`'s and
+//! `ports`').
 //!
 //! The rules live in two tables of their own per bridge, so they never touch anyone
 //! else's rules (nor those of another Skiff server on another bridge):
@@ -8,8 +9,19 @@
 //! table ip skiff_<bridge> {
 //!   map ingress { type ipv4_addr : verdict }    # task address : jump in_<task>
 //!   map egress  { type ipv4_addr : verdict }    # task address : jump out_<task>
+//!   map published_tcp { type inet_service : verdict }  # host port : jump publish_<task>
+//!   map published_udp { type inet_service : verdict }
+//!   chain dnat { type nat hook prerouting priority dstnat;   # published ports, see `ports`
+//!     fib daddr type local tcp dport vmap @published_tcp
+//!     fib daddr type local udp dport vmap @published_udp
+//!   }
+//!   chain dnat_local { type nat hook output priority dstnat; # the same, from the host
+//!     fib daddr type local tcp dport vmap @published_tcp
+//!     fib daddr type local udp dport vmap @published_udp
+//!   }
 //!   chain postrouting { type nat hook postrouting priority srcnat;
 //!     ip saddr <subnet> oifname != <bridge> masquerade       # tasks reach the outside
+//!     ip saddr 127.0.0.0/8 oifname <bridge> masquerade       # host's loopback to a task
 //!   }
 //!   chain forward { type filter hook forward priority filter;
 //!     ct state established,related accept                    # replies, both ways
@@ -77,7 +89,18 @@ pub(crate) const INGRESS_MAP: &str = "ingress";
 pub(crate) const EGRESS_MAP: &str = "egress";
 /// Verdict map from a task's host veth to its guard chain.
 pub(crate) const PORTS_MAP: &str = "ports";
-/// `srcnat` and `filter` in nft's priority keywords; `filter` is -200 for bridges.
+/// Chain sending connections to published ports of the host to their tasks.
+pub(crate) const DNAT_CHAIN: &str = "dnat";
+/// [`DNAT_CHAIN`] for connections the host itself opens.
+pub(crate) const LOCAL_DNAT_CHAIN: &str = "dnat_local";
+/// Verdict maps from a published host port to its task's DNAT chain, per transport.
+pub(crate) const PUBLISHED_TCP_MAP: &str = "published_tcp";
+pub(crate) const PUBLISHED_UDP_MAP: &str = "published_udp";
+/// The host's loopback network, masqueraded when it reaches a task (see `ports`).
+const LOOPBACK: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8);
+/// `dstnat`, `srcnat` and `filter` in nft's priority keywords; `filter` is -200 for
+/// bridges.
+const DSTNAT_PRIORITY: i32 = -100;
 const SRCNAT_PRIORITY: i32 = 100;
 const FILTER_PRIORITY: i32 = 0;
 const BRIDGE_FILTER_PRIORITY: i32 = -200;
@@ -101,10 +124,28 @@ pub enum ServiceAddress {
     Fixed(Ipv4Addr),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     Tcp,
     Udp,
+}
+
+impl Transport {
+    /// The protocol's name in nft (and in ECS).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+
+    /// The verdict map of host ports published with this transport.
+    pub(crate) fn published_map(self) -> &'static str {
+        match self {
+            Transport::Tcp => PUBLISHED_TCP_MAP,
+            Transport::Udp => PUBLISHED_UDP_MAP,
+        }
+    }
 }
 
 /// The task metadata and credentials endpoints' address.
@@ -150,8 +191,22 @@ pub(crate) fn bridge_table(bridge: &str) -> Table {
 
 /// Turns on IPv4 forwarding in the calling thread's network namespace.
 pub(crate) fn enable_ip_forwarding() -> Result<(), NetError> {
-    std::fs::write(IP_FORWARD, "1").map_err(|source| NetError::Forwarding {
-        path: Path::new(IP_FORWARD).to_owned(),
+    enable("IPv4 forwarding", Path::new(IP_FORWARD))
+}
+
+/// Lets the bridge route packets with loopback addresses, so that the host's connections
+/// from 127.0.0.1 to a published port, rewritten to a task, can leave through it (see
+/// `ports`). The input chain still drops whatever tasks send to loopback addresses.
+pub(crate) fn enable_route_localnet(bridge: &str) -> Result<(), NetError> {
+    let path = format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet");
+    enable("loopback routing on the bridge", Path::new(&path))
+}
+
+/// Turns a boolean sysctl on.
+fn enable(setting: &'static str, path: &Path) -> Result<(), NetError> {
+    std::fs::write(path, "1").map_err(|source| NetError::Sysctl {
+        setting,
+        path: path.to_owned(),
         source,
     })
 }
@@ -205,6 +260,35 @@ fn transaction(rules: &BaseRules<'_>) -> serde_json::Value {
             nftables::stmt::Statement::Masquerade(None),
         ],
     ));
+    batch.add(ip.rule(
+        POSTROUTING_CHAIN,
+        vec![
+            matches(payload("ip", "saddr"), Operator::EQ, nft::network(LOOPBACK)),
+            matches(meta(MetaKey::Oifname), Operator::EQ, bridge()),
+            nftables::stmt::Statement::Masquerade(None),
+        ],
+    ));
+    for (chain, hook) in [
+        (DNAT_CHAIN, NfHook::Prerouting),
+        (LOCAL_DNAT_CHAIN, NfHook::Output),
+    ] {
+        nft::reset_chain(
+            &mut batch,
+            ip.base_chain(chain, NfChainType::NAT, hook, DSTNAT_PRIORITY),
+        );
+        for transport in [Transport::Tcp, Transport::Udp] {
+            batch.add(ip.rule(
+                chain,
+                vec![
+                    matches(local_destination(), Operator::EQ, string("local")),
+                    vmap(
+                        payload(transport.name(), "dport"),
+                        transport.published_map(),
+                    ),
+                ],
+            ));
+        }
+    }
 
     let forward = ip.base_chain(
         FORWARD_CHAIN,
@@ -249,10 +333,7 @@ fn transaction(rules: &BaseRules<'_>) -> serde_json::Value {
             ServiceAddress::Gateway => rules.gateway,
             ServiceAddress::Fixed(target) => target,
         };
-        let protocol = match service.transport {
-            Transport::Tcp => "tcp",
-            Transport::Udp => "udp",
-        };
+        let protocol = service.transport.name();
         batch.add(ip.rule(
             INPUT_CHAIN,
             vec![
@@ -290,9 +371,20 @@ fn transaction(rules: &BaseRules<'_>) -> serde_json::Value {
         ip.add_verdict_map(INGRESS_MAP, SetType::Ipv4Addr),
         ip.add_verdict_map(EGRESS_MAP, SetType::Ipv4Addr),
         bridge_table.add_verdict_map(PORTS_MAP, SetType::Ifname),
+        ip.add_verdict_map(PUBLISHED_TCP_MAP, SetType::InetService),
+        ip.add_verdict_map(PUBLISHED_UDP_MAP, SetType::InetService),
     ];
     commands.splice(2..2, maps);
     document
+}
+
+/// `fib daddr type`: the kind of the destination address, `local` for the host's own.
+fn local_destination() -> nft::Expr {
+    use nftables::expr::{Expression, Fib, FibFlag, FibResult, NamedExpression};
+    Expression::Named(NamedExpression::Fib(Fib {
+        result: FibResult::Type,
+        flags: [FibFlag::Daddr].into_iter().collect(),
+    }))
 }
 
 #[cfg(test)]
@@ -350,7 +442,9 @@ mod tests {
                         POSTROUTING_CHAIN,
                         FORWARD_CHAIN,
                         INPUT_CHAIN,
-                        PREROUTING_CHAIN
+                        PREROUTING_CHAIN,
+                        DNAT_CHAIN,
+                        LOCAL_DNAT_CHAIN
                     ]
                     .contains(&chain),
                     "{command}"
@@ -387,14 +481,46 @@ mod tests {
     fn the_subnet_is_masqueraded_when_it_leaves_through_another_interface() {
         assert_eq!(
             rules_of(POSTROUTING_CHAIN),
-            vec![json!([
-                {"match": {"left": {"payload": {"protocol": "ip", "field": "saddr"}},
-                           "right": {"prefix": {"addr": "10.77.0.0", "len": 16}}, "op": "=="}},
-                {"match": {"left": {"meta": {"key": "oifname"}}, "right": "skiff9", "op": "!="}},
-                {"masquerade": null}
-            ])
-            .to_string()]
+            vec![
+                json!([
+                    {"match": {"left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                               "right": {"prefix": {"addr": "10.77.0.0", "len": 16}}, "op": "=="}},
+                    {"match": {"left": {"meta": {"key": "oifname"}}, "right": "skiff9", "op": "!="}},
+                    {"masquerade": null}
+                ])
+                .to_string(),
+                json!([
+                    {"match": {"left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                               "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}, "op": "=="}},
+                    {"match": {"left": {"meta": {"key": "oifname"}}, "right": "skiff9", "op": "=="}},
+                    {"masquerade": null}
+                ])
+                .to_string()
+            ]
         );
+    }
+
+    #[test]
+    fn published_ports_of_local_addresses_dispatch_to_their_tasks() {
+        for chain in [DNAT_CHAIN, LOCAL_DNAT_CHAIN] {
+            assert_eq!(
+                rules_of(chain),
+                ["tcp", "udp"].map(|transport| json!([
+                    {"match": {"left": {"fib": {"result": "type", "flags": ["daddr"]}},
+                               "right": "local", "op": "=="}},
+                    {"vmap": {"key": {"payload": {"protocol": transport, "field": "dport"}},
+                              "data": format!("@published_{transport}")}}
+                ])
+                .to_string()),
+                "{chain}"
+            );
+        }
+        let hooks: Vec<Value> = commands()
+            .iter()
+            .filter_map(|command| command["add"]["chain"].get("hook"))
+            .cloned()
+            .collect();
+        assert!(hooks.contains(&json!("output")) && hooks.contains(&json!("prerouting")));
     }
 
     #[test]

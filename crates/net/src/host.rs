@@ -28,13 +28,14 @@
 //! leaked process still pins its namespace. Operations on one task must not run
 //! concurrently; on different tasks they may.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use ipnet::Ipv4Net;
-use model::agent::SecurityPolicy;
+use model::agent::{PortBinding, SecurityPolicy};
 use netlink_packet_route::link::InfoKind;
 use nix::errno::Errno;
 use rtnetlink::Handle;
@@ -46,6 +47,7 @@ use crate::link::{self, TaskAddressing, VethPair};
 use crate::names::{
     self, format_mac, host_interface, host_mac, netns_name, task_mac, validate_task_id,
 };
+use crate::ports::TaskPorts;
 use crate::security::TaskFirewall;
 use crate::{netns, NetError};
 
@@ -103,6 +105,7 @@ pub struct HostNetwork {
     gateway: Ipv4Addr,
     netns_dir: PathBuf,
     firewall: TaskFirewall,
+    ports: TaskPorts,
     handle: Handle,
     connection: JoinHandle<()>,
 }
@@ -141,11 +144,13 @@ impl HostNetwork {
             gateway,
             netns_dir,
             firewall: TaskFirewall::new(&config.name, subnet),
+            ports: TaskPorts::new(&config.name),
             handle,
             connection,
         };
         network.bridge_index = network.ensure_bridge().await?;
         firewall::enable_ip_forwarding()?;
+        firewall::enable_route_localnet(&network.bridge)?;
         firewall::install(&BaseRules {
             bridge: &network.bridge,
             subnet,
@@ -286,20 +291,39 @@ impl HostNetwork {
         })
     }
 
-    /// Replaces the task's security rules, atomically: one nft transaction that refills
-    /// the rules' address sets when only peers changed, or rebuilds the task's chains.
+    /// Applies a security update atomically (one nft transaction): `members` (when
+    /// given, the complete member lists of every group some policy names) into the
+    /// groups' sets, and each of `policies` whose task is attached here and holds a
+    /// policy older than `version`. Returns the tasks whose rules were replaced.
     /// Connections already established stay up, as with AWS security groups.
-    pub async fn apply_security(
+    pub async fn update_security(
         &self,
-        task_id: &str,
-        security: &SecurityPolicy,
-    ) -> Result<(), NetError> {
-        validate_task_id(task_id)?;
-        self.firewall.apply(task_id, security).await
+        members: Option<&BTreeMap<String, Vec<Ipv4Addr>>>,
+        policies: &BTreeMap<String, SecurityPolicy>,
+        version: u64,
+    ) -> Result<Vec<String>, NetError> {
+        for task_id in policies.keys() {
+            validate_task_id(task_id)?;
+        }
+        self.firewall.update(members, policies, version).await
     }
 
-    /// Removes the task's veth pair, namespace and firewall rules. Idempotent: missing
-    /// pieces are fine.
+    /// Publishes exactly `bindings` of the attached task at `address` on every address of
+    /// the host (bridge mode; see `ports`), replacing what it published before, in one
+    /// nft run. `detach` unpublishes them.
+    pub async fn publish(
+        &self,
+        task_id: &str,
+        address: Ipv4Addr,
+        bindings: &[PortBinding],
+    ) -> Result<(), NetError> {
+        validate_task_id(task_id)?;
+        self.check_task_address(address)?;
+        self.ports.publish(task_id, address, bindings).await
+    }
+
+    /// Removes the task's veth pair, namespace, published ports and firewall rules.
+    /// Idempotent: missing pieces are fine.
     pub async fn detach(&self, task_id: &str) -> Result<(), NetError> {
         let started = Instant::now();
         validate_task_id(task_id)?;
@@ -316,6 +340,7 @@ impl HostNetwork {
             None => {}
         }
         netns::remove(&self.netns_path(task_id))?;
+        self.ports.unpublish(task_id).await?;
         // Last: until the interface is gone, the rules keep the task in bounds.
         self.firewall.detach(task_id, &host_name).await?;
         tracing::debug!(
@@ -341,7 +366,11 @@ impl HostNetwork {
     /// steps of an attach or a detach, or an interface deleted behind the agent's back).
     async fn remove_stale_rules(&self) -> Result<(), NetError> {
         let mut stale = Vec::new();
-        for task_id in self.firewall.load().await? {
+        let mut tasks = self.firewall.load().await?;
+        tasks.extend(self.ports.load().await?);
+        tasks.sort_unstable();
+        tasks.dedup();
+        for task_id in tasks {
             let host_name = host_interface(&task_id);
             let present = link::find(&self.handle, &host_name)
                 .await?
@@ -350,6 +379,8 @@ impl HostNetwork {
                 stale.push((task_id, host_name));
             }
         }
+        let stale_ids: Vec<String> = stale.iter().map(|(id, _)| id.clone()).collect();
+        self.ports.remove_stale(&stale_ids).await?;
         self.firewall.remove_stale(&stale).await
     }
 

@@ -18,12 +18,14 @@
 //! once per agent start; [`HostNetwork::attach`] and [`HostNetwork::detach`] build and
 //! remove one task's attachment with a few netlink round trips on long-lived or
 //! per-namespace sockets and one `nft` run for its rules;
-//! [`HostNetwork::apply_security`] replaces a running task's rules with one `nft` run.
+//! [`HostNetwork::update_security`] applies the control plane's security group changes
+//! (member sets and running tasks' rules) with one `nft` run.
 //! Links, addresses and routes go through rtnetlink, nftables through `nft`'s JSON.
 //!
 //! Modules: `host` (the public API and the attach/detach sequence), `netns` (named
 //! namespaces and the threads that create them), `link` (rtnetlink requests), `firewall`
-//! (forwarding and the bridge-wide rules), `security` (each task's rules), `nft`
+//! (forwarding and the bridge-wide rules), `security` (each task's rules and the groups'
+//! member sets), `ports` (each bridge-mode task's published ports), `nft`
 //! (nftables JSON building blocks), `names` (names and addresses derived from task ids).
 
 mod error;
@@ -33,6 +35,7 @@ mod link;
 mod names;
 mod netns;
 mod nft;
+mod ports;
 mod security;
 #[cfg(test)]
 mod testing;

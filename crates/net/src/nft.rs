@@ -15,9 +15,12 @@ use nftables::batch::Batch;
 use nftables::expr::{
     Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range, Verdict, CT,
 };
+use nftables::helper::NftablesError;
 use nftables::schema::{Chain, Element, FlushObject, NfCmd, NfListObject, Rule, SetType};
 use nftables::stmt::{Accept, Drop, JumpTarget, Match, Operator, Statement, VerdictMap};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+
+use crate::NetError;
 
 pub(crate) type Stmt = Statement<'static>;
 pub(crate) type Expr = Expression<'static>;
@@ -126,6 +129,49 @@ pub(crate) fn remove_jump(
 ) {
     batch.add(table.jump_element(map, key.clone(), chain));
     batch.delete(table.jump_element(map, key, chain));
+}
+
+/// Applies a transaction that changes one task's objects (or, for a batch of several
+/// tasks, names the first of them in an error).
+pub(crate) async fn apply_for_task(batch: &Batch<'static>, task_id: &str) -> Result<(), NetError> {
+    nftables::helper::apply_ruleset_async(&batch.clone().to_nftables())
+        .await
+        .map_err(|source| NetError::TaskFirewall {
+            task_id: task_id.to_owned(),
+            detail: detail(&source),
+        })
+}
+
+/// `nft -j list table` of one of this crate's tables, parsed.
+pub(crate) async fn list_table(table: &Table) -> Result<serde_json::Value, NetError> {
+    let family = serde_json::to_value(table.family).expect("family serializes");
+    let listing = nftables::helper::get_current_ruleset_raw_async(
+        nftables::helper::DEFAULT_NFT,
+        [
+            "-j",
+            "list",
+            "table",
+            family.as_str().unwrap_or_default(),
+            &table.name,
+        ],
+    )
+    .await
+    .map_err(|source| NetError::ListFirewall {
+        detail: detail(&source),
+    })?;
+    serde_json::from_str(&listing).map_err(|source| NetError::ParseFirewall { source })
+}
+
+/// nft's own message, which `NftablesError`'s display leaves out.
+fn detail(error: &NftablesError) -> String {
+    match error {
+        NftablesError::NftFailed { stderr, stdout, .. } => {
+            format!("{} {}", stderr.trim(), stdout.trim())
+                .trim()
+                .to_owned()
+        }
+        other => other.to_string(),
+    }
 }
 
 pub(crate) fn matches(left: Expr, op: Operator, right: Expr) -> Stmt {

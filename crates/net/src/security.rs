@@ -16,31 +16,41 @@
 //! ```
 //!
 //! Every change is one nft transaction, so a task never runs on a half-applied policy.
-//! A policy change, including a group gaining or losing a member, rebuilds the task's two
-//! chains with the peers inline (anonymous sets) and touches nothing else. That is
-//! deliberate: nft 1.0.6 loads the elements of every set in the table, anonymous ones
-//! included, before any element update, so with named per-rule sets refilled by element
-//! updates a membership change took 300 ms with 500 tasks attached; a chain rebuild
-//! loads no elements. Attach and detach do update the map elements, and pay that load.
-//! Removal uses nft's "add, flush, delete" idiom, which works whether or not an object
-//! exists, so a detach after a crash at any point of an attach removes what it left.
+//! Changes to the same kind of object are serialized (each is decided against the state
+//! the previous one left): a task's objects under one lock, the member sets under
+//! another, so a member update at a task's start does not hold up other attaches.
+//! A rule's address ranges are inline (anonymous sets); its peer groups are named sets
+//! shared by every rule that names them (see `groups`), so a group gaining or losing a
+//! member is one element change, and a policy change rebuilds the task's two chains and
+//! touches nothing else. Removal uses nft's "add, flush, delete" idiom, which works
+//! whether or not an object exists, so a detach after a crash at any point of an attach
+//! removes what it left.
 //!
-//! Each task's address (the key of its map elements) is kept in memory and recovered
-//! from the kernel by `load` at agent start.
+//! Policies arrive from two sides: the plan's at attach, and later updates from the
+//! control plane, which may cross an attach in flight. Each update carries a version
+//! (increasing, per process); a task's chains are rebuilt only for a version newer than
+//! the one they hold, and an attach holds version 0, so whoever applies last cannot
+//! bring back an older policy.
+//!
+//! Each task's address (the key of its map elements) and the member sets are kept in
+//! memory and recovered from the kernel by `load` at agent start.
 
-use std::collections::HashMap;
+mod groups;
+
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use ipnet::Ipv4Net;
 use model::agent::{Protocol, SecurityPolicy, SecurityRule};
 use nftables::batch::Batch;
 use nftables::expr::{Expression, MetaKey, NamedExpression, SetItem};
-use nftables::helper::NftablesError;
 use nftables::schema::NfListObject;
 use nftables::stmt::{Operator, Return, Statement};
 use serde_json::Value;
+use tokio::sync::Mutex;
+
+use self::groups::GroupSets;
 
 use crate::firewall::{bridge_table, ip_table, EGRESS_MAP, INGRESS_MAP, PORTS_MAP};
 use crate::names::{format_mac, task_mac, validate_task_id};
@@ -110,6 +120,8 @@ fn guard_chain(task_id: &str) -> String {
 struct Installed {
     /// The key of the task's elements in the address maps, once known.
     address: Option<Ipv4Addr>,
+    /// The version of the policy its chains hold; 0 for the one given at attach.
+    version: u64,
 }
 
 /// The per-task rules of one bridge.
@@ -119,7 +131,11 @@ pub(crate) struct TaskFirewall {
     bridge: Table,
     /// The default policy's ingress peers.
     subnet: Ipv4Net,
+    /// The tasks' objects; held across each transaction that changes them.
     tasks: Mutex<HashMap<String, Installed>>,
+    /// The member sets; held across each transaction that changes them. Taken before
+    /// `tasks` when both are needed.
+    groups: Mutex<GroupSets>,
 }
 
 impl TaskFirewall {
@@ -129,6 +145,7 @@ impl TaskFirewall {
             bridge: bridge_table(bridge),
             subnet,
             tasks: Mutex::new(HashMap::new()),
+            groups: Mutex::new(GroupSets::default()),
         }
     }
 
@@ -157,9 +174,18 @@ impl TaskFirewall {
         policy: &SecurityPolicy,
     ) -> Result<(), NetError> {
         check_policy(policy)?;
+        let mut tasks = self.tasks.lock().await;
         // Recorded before applying, so a detach after a failure or a cancelled future
         // removes what the transaction may have installed.
-        let previous = self.remember(task_id, Some(address));
+        let installed = tasks.entry(task_id.to_owned()).or_default();
+        let previous = std::mem::replace(
+            installed,
+            Installed {
+                address: Some(address),
+                version: 0,
+            },
+        )
+        .address;
         let mut batch = Batch::new();
         if let Some(old) = previous.filter(|old| *old != address) {
             for direction in Direction::BOTH {
@@ -191,28 +217,104 @@ impl TaskFirewall {
             self.bridge
                 .jump_element(PORTS_MAP, string(host_interface), &guard),
         );
-        self.commit(task_id, batch, policy).await
+        let started = Instant::now();
+        nft::apply_for_task(&batch, task_id).await?;
+        std::mem::drop(tasks);
+        self.groups
+            .lock()
+            .await
+            .learn(policy_groups(policy).cloned());
+        tracing::debug!(
+            task_id,
+            ingress_rules = policy.ingress.len(),
+            egress_rules = policy.egress.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "task firewall rules installed"
+        );
+        Ok(())
     }
 
-    /// Replaces the task's security policy in one transaction.
-    pub(crate) async fn apply(
+    /// Applies a security update in one transaction: `members` (when given, every group
+    /// some policy names) brought into the member sets, and each policy of `policies`
+    /// whose task is attached and holds an older version than `version`. Returns the
+    /// tasks whose chains were rebuilt. Sets of groups `members` leaves out are then
+    /// deleted, in a transaction of their own that may fail while an older policy still
+    /// names them (the next update retries).
+    pub(crate) async fn update(
         &self,
-        task_id: &str,
-        policy: &SecurityPolicy,
-    ) -> Result<(), NetError> {
-        check_policy(policy)?;
-        let attached = self
-            .lock()
-            .get(task_id)
-            .and_then(|installed| installed.address);
-        if attached.is_none() {
-            return Err(NetError::NotAttached {
-                task_id: task_id.to_owned(),
-            });
+        members: Option<&BTreeMap<String, Vec<Ipv4Addr>>>,
+        policies: &BTreeMap<String, SecurityPolicy>,
+        version: u64,
+    ) -> Result<Vec<String>, NetError> {
+        for policy in policies.values() {
+            check_policy(policy)?;
         }
+        if let Some(members) = members {
+            groups::check_group_ids(members.keys())?;
+        }
+        let started = Instant::now();
+        let mut groups = self.groups.lock().await;
+        // Member changes alone (a task starting or stopping) leave attaches free to run.
+        let mut tasks = match policies.is_empty() {
+            true => None,
+            false => Some(self.tasks.lock().await),
+        };
         let mut batch = Batch::new();
-        self.policy_commands(&mut batch, task_id, policy);
-        self.commit(task_id, batch, policy).await
+        if let Some(members) = members {
+            groups.update_commands(&mut batch, &self.ip, members);
+        }
+        let rebuilt: Vec<String> = policies
+            .iter()
+            .filter(|(task_id, _)| {
+                tasks
+                    .as_ref()
+                    .and_then(|t| t.get(*task_id))
+                    .is_some_and(|installed| {
+                        installed.address.is_some() && installed.version < version
+                    })
+            })
+            .map(|(task_id, policy)| {
+                self.policy_commands(&mut batch, task_id, policy);
+                task_id.clone()
+            })
+            .collect();
+        if let Err(error) = nft::apply_for_task(&batch, "(security update)").await {
+            if let Some(members) = members {
+                groups.unknown(members.keys().cloned());
+            }
+            return Err(error);
+        }
+        if let Some(members) = members {
+            groups.installed(members);
+        }
+        for task_id in &rebuilt {
+            groups.learn(policy_groups(&policies[task_id]).cloned());
+            if let Some(installed) = tasks.as_mut().and_then(|t| t.get_mut(task_id)) {
+                installed.version = version;
+            }
+        }
+        std::mem::drop(tasks);
+        if let Some(members) = members {
+            let stale = groups.stale(members);
+            if !stale.is_empty() {
+                let mut removal = Batch::new();
+                GroupSets::removal_commands(&mut removal, &self.ip, &stale);
+                match nft::apply_for_task(&removal, "(security update)").await {
+                    Ok(()) => groups.removed(&stale),
+                    Err(error) => {
+                        tracing::debug!(error = %error, "member sets still in use are kept")
+                    }
+                }
+            }
+        }
+        tracing::debug!(
+            groups = members.map_or(0, BTreeMap::len),
+            policies = rebuilt.len(),
+            version,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "security update applied"
+        );
+        Ok(rebuilt)
     }
 
     /// Removes every object of the task, in one transaction. Idempotent.
@@ -220,13 +322,14 @@ impl TaskFirewall {
     /// Only a task this process attached or found by `load` has objects: the guard is
     /// keyed by the host interface name, which another task may share (see `names`).
     pub(crate) async fn detach(&self, task_id: &str, host_interface: &str) -> Result<(), NetError> {
-        let Some(installed) = self.lock().get(task_id).copied() else {
+        let mut tasks = self.tasks.lock().await;
+        let Some(installed) = tasks.get(task_id).copied() else {
             return Ok(());
         };
         let mut batch = Batch::new();
         self.removal_commands(&mut batch, task_id, host_interface, installed);
-        apply(&batch, task_id).await?;
-        self.lock().remove(task_id);
+        nft::apply_for_task(&batch, task_id).await?;
+        tasks.remove(task_id);
         Ok(())
     }
 
@@ -234,28 +337,14 @@ impl TaskFirewall {
     /// returns those tasks' ids.
     pub(crate) async fn load(&self) -> Result<Vec<String>, NetError> {
         let mut found: HashMap<String, Installed> = HashMap::new();
+        let mut sets = Vec::new();
         for table in [&self.ip, &self.bridge] {
-            let family = serde_json::to_value(table.family).expect("family serializes");
-            let listing = nftables::helper::get_current_ruleset_raw_async(
-                nftables::helper::DEFAULT_NFT,
-                [
-                    "-j",
-                    "list",
-                    "table",
-                    family.as_str().unwrap_or_default(),
-                    &table.name,
-                ],
-            )
-            .await
-            .map_err(|source| NetError::ListFirewall {
-                detail: nft_detail(&source),
-            })?;
-            let listing: Value = serde_json::from_str(&listing)
-                .map_err(|source| NetError::ParseFirewall { source })?;
-            learn(&listing, &mut found);
+            let listing = nft::list_table(table).await?;
+            learn(&listing, &mut found, &mut sets);
         }
         let ids = found.keys().cloned().collect();
-        self.lock().extend(found);
+        self.groups.lock().await.learn(sets);
+        self.tasks.lock().await.extend(found);
         Ok(ids)
     }
 
@@ -264,13 +353,13 @@ impl TaskFirewall {
         let Some((first, _)) = stale.first() else {
             return Ok(());
         };
+        let mut tasks = self.tasks.lock().await;
         let mut batch = Batch::new();
         for (task_id, host_interface) in stale {
-            let installed = self.lock().get(task_id).copied().unwrap_or_default();
+            let installed = tasks.get(task_id).copied().unwrap_or_default();
             self.removal_commands(&mut batch, task_id, host_interface, installed);
         }
-        apply(&batch, first).await?;
-        let mut tasks = self.lock();
+        nft::apply_for_task(&batch, first).await?;
         for (task_id, _) in stale {
             tasks.remove(task_id);
             tracing::info!(
@@ -281,13 +370,15 @@ impl TaskFirewall {
         Ok(())
     }
 
-    /// Commands that rebuild the task's two chains to implement `policy`.
+    /// Commands that rebuild the task's two chains to implement `policy`, creating the
+    /// member sets it names if missing.
     fn policy_commands(&self, batch: &mut Batch<'static>, task_id: &str, policy: &SecurityPolicy) {
+        groups::ensure_commands(batch, &self.ip, policy_groups(policy));
         for direction in Direction::BOTH {
             let chain = direction.chain(task_id);
             nft::reset_chain(batch, self.ip.chain(&chain));
             for rule in direction.rules(policy) {
-                if let Some(statements) = rule_statements(direction, rule) {
+                for statements in rule_statements(direction, rule) {
                     batch.add(self.ip.rule(&chain, statements));
                 }
             }
@@ -327,63 +418,19 @@ impl TaskFirewall {
         );
         batch.delete(NfListObject::Chain(self.bridge.chain(&guard)));
     }
-
-    async fn commit(
-        &self,
-        task_id: &str,
-        batch: Batch<'static>,
-        policy: &SecurityPolicy,
-    ) -> Result<(), NetError> {
-        let started = Instant::now();
-        apply(&batch, task_id).await?;
-        tracing::debug!(
-            task_id,
-            ingress_rules = policy.ingress.len(),
-            egress_rules = policy.egress.len(),
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "task firewall rules applied"
-        );
-        Ok(())
-    }
-
-    /// Records the task's address; returns the one recorded before.
-    fn remember(&self, task_id: &str, address: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
-        let mut tasks = self.lock();
-        let installed = tasks.entry(task_id.to_owned()).or_default();
-        std::mem::replace(&mut installed.address, address)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Installed>> {
-        // The map is only ever updated in one statement: a panic cannot leave it torn.
-        self.tasks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
-async fn apply(batch: &Batch<'static>, task_id: &str) -> Result<(), NetError> {
-    let document = batch.clone().to_nftables();
-    nftables::helper::apply_ruleset_async(&document)
-        .await
-        .map_err(|source| NetError::TaskFirewall {
-            task_id: task_id.to_owned(),
-            detail: nft_detail(&source),
-        })
-}
-
-/// nft's own message, which `NftablesError`'s display leaves out.
-fn nft_detail(error: &NftablesError) -> String {
-    match error {
-        NftablesError::NftFailed { stderr, stdout, .. } => {
-            format!("{} {}", stderr.trim(), stdout.trim())
-                .trim()
-                .to_owned()
-        }
-        other => other.to_string(),
-    }
+/// The groups whose members a policy's rules name as peers.
+fn policy_groups(policy: &SecurityPolicy) -> impl Iterator<Item = &String> {
+    policy
+        .ingress
+        .iter()
+        .chain(&policy.egress)
+        .flat_map(|rule| &rule.groups)
 }
 
 fn check_policy(policy: &SecurityPolicy) -> Result<(), NetError> {
+    groups::check_group_ids(policy_groups(policy))?;
     let reversed = policy
         .ingress
         .iter()
@@ -396,9 +443,9 @@ fn check_policy(policy: &SecurityPolicy) -> Result<(), NetError> {
     }
 }
 
-/// A rule's peers as an anonymous set, overlapping prefixes merged (interval sets
-/// reject overlaps); None when the rule has no peers and so matches nothing.
-fn peers(rule: &SecurityRule) -> Option<Expr> {
+/// A rule's address ranges as an anonymous set, overlapping prefixes merged (interval
+/// sets reject overlaps); None when it has none.
+fn ranges(rule: &SecurityRule) -> Option<Expr> {
     let truncated: Vec<Ipv4Net> = rule.sources.iter().map(Ipv4Net::trunc).collect();
     let items: Vec<SetItem<'static>> = Ipv4Net::aggregate(&truncated)
         .into_iter()
@@ -407,16 +454,38 @@ fn peers(rule: &SecurityRule) -> Option<Expr> {
     (!items.is_empty()).then(|| Expression::Named(NamedExpression::Set(items)))
 }
 
-fn rule_statements(direction: Direction, rule: &SecurityRule) -> Option<Vec<Stmt>> {
-    let mut statements = vec![matches(
-        payload("ip", direction.peer_field()),
-        Operator::EQ,
-        peers(rule)?,
-    )];
+/// The nft rules of one security rule: one per kind of peer, its address ranges and
+/// each of its groups' member sets; none when it has no peers and so matches nothing.
+fn rule_statements(direction: Direction, rule: &SecurityRule) -> Vec<Vec<Stmt>> {
+    let traffic = traffic_statements(rule);
+    ranges(rule)
+        .into_iter()
+        .chain(rule.groups.iter().map(|group| groups::reference(group)))
+        .map(|peers| {
+            let mut statements = vec![matches(
+                payload("ip", direction.peer_field()),
+                Operator::EQ,
+                peers,
+            )];
+            statements.extend(traffic.iter().cloned());
+            statements.push(direction.allow());
+            statements
+        })
+        .collect()
+}
+
+/// The protocol and port matches of a rule.
+fn traffic_statements(rule: &SecurityRule) -> Vec<Stmt> {
+    let mut statements = Vec::new();
     let protocol = |name: &'static str| matches(meta(MetaKey::L4proto), Operator::EQ, string(name));
     match (rule.protocol, rule.ports) {
         (Protocol::All, _) => {}
-        (Protocol::Icmp, _) => statements.push(protocol("icmp")),
+        (Protocol::Icmp, None) => statements.push(protocol("icmp")),
+        (Protocol::Icmp, Some((kind, _))) => statements.push(matches(
+            payload("icmp", "type"),
+            Operator::EQ,
+            Expression::Number(u32::from(kind)),
+        )),
         (Protocol::Tcp, None) => statements.push(protocol("tcp")),
         (Protocol::Udp, None) => statements.push(protocol("udp")),
         (Protocol::Tcp, Some((low, high))) => statements.push(matches(
@@ -430,8 +499,7 @@ fn rule_statements(direction: Direction, rule: &SecurityRule) -> Option<Vec<Stmt
             nft::ports(low, high),
         )),
     }
-    statements.push(direction.allow());
-    Some(statements)
+    statements
 }
 
 /// The guard chain's rules: frames from the task's port carry its MAC and IPv4 address,
@@ -461,14 +529,19 @@ fn guard_rules(address: Ipv4Addr) -> Vec<Vec<Stmt>> {
     ]
 }
 
-/// Records the task objects of one table listing (`nft -j list table`) in `found`.
-fn learn(listing: &Value, found: &mut HashMap<String, Installed>) {
+/// Records the task objects and member sets of one table listing (`nft -j list table`).
+fn learn(listing: &Value, found: &mut HashMap<String, Installed>, sets: &mut Vec<String>) {
     let objects = listing["nftables"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default();
     for object in objects {
-        if let Some(chain) = object.get("chain") {
+        if let Some(name) = object["set"]["name"]
+            .as_str()
+            .filter(|name| groups::is_group_id(name))
+        {
+            sets.push(name.to_owned());
+        } else if let Some(chain) = object.get("chain") {
             let name = chain["name"].as_str().unwrap_or_default();
             let task = ["in_", "out_", "guard_"]
                 .iter()

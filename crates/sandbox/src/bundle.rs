@@ -18,7 +18,7 @@ use oci_spec::runtime::{
     MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
     SpecBuilder, UserBuilder,
 };
-use supervisor::{ContainerSpec, TaskSpec};
+use supervisor::{ContainerSpec, DnsConfig, TaskSpec};
 
 use crate::seccomp;
 use crate::user::ResolvedUser;
@@ -291,11 +291,14 @@ fn environment(task: &TaskSpec, container: &ContainerSpec, user: &ResolvedUser) 
 /// Writes the task's `hosts`, `hostname` and `resolv.conf` into `etc_dir`.
 pub fn write_etc_files(task: &TaskSpec, etc_dir: &Path) -> Result<(), SandboxError> {
     fs::create_dir_all(etc_dir).map_err(SandboxError::io("create", etc_dir))?;
-    let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let resolv = match &task.dns {
+        Some(dns) => resolv_conf(dns),
+        None => host_resolv_conf(&fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
+    };
     let files = [
         ("hosts", hosts(task)),
         ("hostname", format!("{}\n", task.hostname)),
-        ("resolv.conf", resolv_conf(&host_resolv)),
+        ("resolv.conf", resolv),
     ];
     for (name, content) in files {
         let path = etc_dir.join(name);
@@ -304,19 +307,31 @@ pub fn write_etc_files(task: &TaskSpec, etc_dir: &Path) -> Result<(), SandboxErr
     Ok(())
 }
 
+/// Localhost, and the task's address with its hostname and, for a dotted hostname such
+/// as `ip-10-0-1-23.ec2.internal`, its first label too.
 fn hosts(task: &TaskSpec) -> String {
     let address = task
         .address
         .map_or_else(|| "127.0.1.1".to_owned(), |a| a.to_string());
-    format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{address}\t{}\n",
-        task.hostname
-    )
+    let names = match task.hostname.split_once('.') {
+        Some((short, _)) if !short.is_empty() => format!("{} {short}", task.hostname),
+        _ => task.hostname.clone(),
+    };
+    format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{address}\t{names}\n")
+}
+
+/// The task's own resolver: one name server and the search domains.
+fn resolv_conf(dns: &DnsConfig) -> String {
+    let mut text = format!("nameserver {}\n", dns.nameserver);
+    if !dns.search.is_empty() {
+        text.push_str(&format!("search {}\n", dns.search.join(" ")));
+    }
+    text
 }
 
 /// The host's resolver configuration minus loopback name servers, which would point into
 /// the task's own network namespace.
-fn resolv_conf(host: &str) -> String {
+fn host_resolv_conf(host: &str) -> String {
     host.lines()
         .filter(|line| {
             let mut words = line.split_whitespace();
@@ -341,6 +356,7 @@ mod tests {
             netns_path: "/run/netns/t".into(),
             hostname: "ip-10-0-0-5".into(),
             address: Some("10.0.0.5".parse().unwrap()),
+            dns: None,
             containers: vec![],
         }
     }
@@ -451,11 +467,36 @@ mod tests {
     }
 
     #[test]
-    fn etc_files() {
-        let hosts = hosts(&task());
-        assert!(hosts.contains("127.0.0.1\tlocalhost") && hosts.contains("10.0.0.5\tip-10-0-0-5"));
+    fn etc_files_name_the_task_and_its_resolver() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut task = task();
+        task.hostname = "ip-10-0-0-5.ec2.internal".into();
+        task.dns = Some(DnsConfig {
+            nameserver: "10.0.0.1".parse().unwrap(),
+            search: vec!["prod.local".into()],
+        });
+        write_etc_files(&task, dir.path()).unwrap();
+        let read = |name| fs::read_to_string(dir.path().join(name)).unwrap();
+        assert_eq!(
+            read("resolv.conf"),
+            "nameserver 10.0.0.1\nsearch prod.local\n"
+        );
+        assert_eq!(read("hostname"), "ip-10-0-0-5.ec2.internal\n");
+        let hosts = read("hosts");
+        let lines: Vec<&str> = hosts.lines().collect();
+        assert_eq!(lines[0], "127.0.0.1\tlocalhost");
+        assert_eq!(lines[2], "10.0.0.5\tip-10-0-0-5.ec2.internal ip-10-0-0-5");
+    }
+
+    #[test]
+    fn an_undotted_hostname_is_listed_once() {
+        assert!(hosts(&task()).ends_with("10.0.0.5\tip-10-0-0-5\n"));
+    }
+
+    #[test]
+    fn a_task_without_a_resolver_gets_the_hosts_minus_loopback_servers() {
         let resolv =
-            resolv_conf("nameserver 127.0.0.53\nnameserver 10.0.0.2\nsearch ec2.internal\n");
+            host_resolv_conf("nameserver 127.0.0.53\nnameserver 10.0.0.2\nsearch ec2.internal\n");
         assert_eq!(resolv, "nameserver 10.0.0.2\nsearch ec2.internal\n");
     }
 }

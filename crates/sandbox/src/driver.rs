@@ -467,6 +467,7 @@ mod tests {
             netns_path: "/n".into(),
             hostname: "h".into(),
             address: None,
+            dns: None,
             containers: vec![supervisor::ContainerSpec::new("web_1-a", "/r", vec![])],
         };
         assert!(validate_ids(&spec).is_ok());

@@ -31,6 +31,9 @@ pub struct ServerArgs {
     /// Name of the host bridge tasks attach to.
     #[arg(long, default_value = "skiff0")]
     bridge: String,
+    /// Host ports that bridge-mode port mappings with hostPort 0 are published on.
+    #[arg(long, value_name = "LOW-HIGH", default_value_t = control::DEFAULT_HOST_PORT_RANGE)]
+    host_port_range: control::HostPortRange,
     /// Region in ARNs and signatures.
     #[arg(long, default_value = "us-east-1", env = "AWS_REGION")]
     region: String,
@@ -99,7 +102,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,netlink_packet_route=error".into()),
+                .unwrap_or_else(|_| "info,netlink_packet_route=error,hickory_server=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -130,6 +133,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         },
     )
     .await?;
+    control.set_host_port_range(args.host_port_range);
     control.attach_balancer(balancer.clone());
 
     let (to_agent, from_control) = mpsc::unbounded_channel();

@@ -35,4 +35,6 @@ pub use logs::{read_logs, LogEntry, LogFollower, LogStream};
 pub use protocol::{
     ContainerHealth, ContainerState, ContainerStatus, HealthStatus, StopCode, TaskPhase, TaskStatus,
 };
-pub use spec::{Condition, ContainerSpec, Dependency, HealthCheck, RuntimeConfig, TaskSpec};
+pub use spec::{
+    Condition, ContainerSpec, Dependency, DnsConfig, HealthCheck, RuntimeConfig, TaskSpec,
+};

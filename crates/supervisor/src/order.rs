@@ -238,6 +238,7 @@ mod tests {
             netns_path: "/run/netns/x".into(),
             hostname: "h".into(),
             address: None,
+            dns: None,
             containers,
         }
     }

@@ -35,7 +35,20 @@ pub struct TaskSpec {
     /// The task's address on the cluster network, written into `/etc/hosts`.
     #[serde(default)]
     pub address: Option<Ipv4Addr>,
+    /// The task's name server and search domains, written into `/etc/resolv.conf`; a task
+    /// without them gets the host's resolver configuration.
+    #[serde(default)]
+    pub dns: Option<DnsConfig>,
     pub containers: Vec<ContainerSpec>,
+}
+
+/// How a task resolves names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsConfig {
+    /// The one name server the task asks.
+    pub nameserver: Ipv4Addr,
+    /// Domains tried, in order, for names with no dot.
+    pub search: Vec<String>,
 }
 
 /// One container of a task, with its entrypoint and command already resolved.

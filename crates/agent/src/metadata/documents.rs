@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use ipnet::Ipv4Net;
-use model::agent::ContainerPlan;
+use model::agent::{ContainerPlan, NetworkMode, Protocol};
 use model::task::TaskStatus;
 use serde::Serialize;
 use supervisor::protocol::{ContainerHealth, ContainerStatus};
@@ -102,8 +102,20 @@ pub(crate) struct ContainerDocument {
     #[serde(rename = "Type")]
     kind: &'static str,
     networks: Vec<NetworkDocument>,
+    /// The container's ports published on the host (bridge mode).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ports: Vec<PortDocument>,
     #[serde(skip_serializing_if = "Option::is_none")]
     health: Option<HealthDocument>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct PortDocument {
+    container_port: u16,
+    protocol: &'static str,
+    host_port: u16,
+    host_ip: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -252,7 +264,10 @@ fn build_container(record: &TaskRecord, c: &ContainerPlan, host: &HostFacts) -> 
             .map(rfc3339_millis),
         kind: "NORMAL",
         networks: vec![NetworkDocument {
-            network_mode: "awsvpc",
+            network_mode: match network.mode {
+                NetworkMode::Awsvpc => "awsvpc",
+                NetworkMode::Bridge => "bridge",
+            },
             ipv4_addresses: vec![network.address.to_string()],
             attachment_index: 0,
             mac_address: record.endpoint.mac_address.clone(),
@@ -262,6 +277,20 @@ fn build_container(record: &TaskRecord, c: &ContainerPlan, host: &HostFacts) -> 
             private_dns_name: crate::prepare::hostname(plan),
             subnet_gateway_ipv4_address: format!("{}/{}", network.gateway, network.prefix_len),
         }],
+        ports: network
+            .port_bindings
+            .iter()
+            .filter(|b| b.container_name == c.name)
+            .map(|b| PortDocument {
+                container_port: b.container_port,
+                protocol: match b.protocol {
+                    Protocol::Udp => "udp",
+                    _ => "tcp",
+                },
+                host_port: b.host_port,
+                host_ip: "0.0.0.0",
+            })
+            .collect(),
         health: status.and_then(|s| s.health.as_ref()).map(health_document),
     }
 }
@@ -482,6 +511,30 @@ mod tests {
         for absent in ["ExitCode", "FinishedAt", "LogDriver", "ContainerARN"] {
             assert!(doc.get(absent).is_none(), "{absent} in {doc}");
         }
+    }
+
+    #[test]
+    fn a_bridge_container_lists_its_published_ports() {
+        let mut record = record();
+        let mut plan = (*record.plan).clone();
+        plan.network.mode = NetworkMode::Bridge;
+        plan.network.port_bindings = vec![model::agent::PortBinding {
+            container_name: "app".into(),
+            container_port: 80,
+            host_port: 49153,
+            protocol: Protocol::Tcp,
+        }];
+        record.plan = std::sync::Arc::new(plan);
+        let doc =
+            serde_json::to_value(container_document(&record, "app", &host()).unwrap()).unwrap();
+        assert_eq!(doc["Networks"][0]["NetworkMode"], "bridge");
+        assert_eq!(
+            doc["Ports"],
+            json!([{"ContainerPort": 80, "Protocol": "tcp", "HostPort": 49153, "HostIp": "0.0.0.0"}])
+        );
+        let sidecar =
+            serde_json::to_value(container_document(&record, "sidecar", &host()).unwrap()).unwrap();
+        assert!(sidecar.get("Ports").is_none(), "{sidecar}");
     }
 
     #[test]

@@ -214,9 +214,15 @@ impl Control {
                     deregistered.extend(targets.iter().cloned());
                 }
                 if !record.scheduler.draining.contains_key(&id) {
-                    // Stopped on its own (or by a user): nothing to hold back.
-                    forget(record, &id);
-                    continue;
+                    if task.task.last_status != TaskStatus::Deactivating {
+                        // Stopped on its own (or by a user): nothing to hold back.
+                        forget(record, &id);
+                        continue;
+                    }
+                    // Its draining stop was decided by a pass whose write was lost (the
+                    // task record kept it, the service record not): drain it from now.
+                    let reason = task.task.stopped_reason.clone().unwrap_or_default();
+                    record.scheduler.draining.insert(id.clone(), (now, reason));
                 }
                 let drained = targets
                     .iter()

@@ -73,9 +73,12 @@ const SERVICE_GROUP_PREFIX: &str = "service:";
 /// Whether a service started the task (its group is `service:<name>`): only their
 /// changes concern the scheduler.
 pub(crate) fn is_service_task(task: &model::task::Task) -> bool {
-    task.group
-        .as_deref()
-        .is_some_and(|g| g.starts_with(SERVICE_GROUP_PREFIX))
+    service_name(task).is_some()
+}
+
+/// The name of the service that started the task, if one did.
+pub(crate) fn service_name(task: &model::task::Task) -> Option<&str> {
+    task.group.as_deref()?.strip_prefix(SERVICE_GROUP_PREFIX)
 }
 
 /// A fresh PRIMARY deployment of `task_definition` for the service as configured now.

@@ -222,14 +222,7 @@ impl Control {
 
     /// Every task record of a cluster.
     async fn cluster_tasks(&self, cluster: &str) -> Result<Vec<TaskRecord>, EcsError> {
-        Ok(self
-            .store()
-            .list_json::<TaskRecord>(&format!("tasks/{cluster}/"))
-            .await
-            .map_err(internal)?
-            .into_iter()
-            .map(|v| v.value)
-            .collect())
+        self.list_values(&format!("tasks/{cluster}/")).await
     }
 
     /// A task as the planner sees it.

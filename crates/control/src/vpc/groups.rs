@@ -286,6 +286,7 @@ impl Control {
             {
                 Ok(_) => {
                     tracing::info!(group_id = %group_id, ?direction, rules = rules.len(), added = add, "security group rules changed");
+                    self.network_sync().wake();
                     return Ok(rules);
                 }
                 Err(StoreError::Conflict { .. }) => continue,

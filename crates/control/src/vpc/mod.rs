@@ -21,13 +21,15 @@
 //! Tasks run only in subnets of the default VPC: their addresses come from the subnet's
 //! CIDR (see [`crate::ipam`]) and the host bridge routes the whole VPC on-link.
 
+mod enforce;
 mod groups;
+mod policy;
 mod subnets;
 
 #[cfg(test)]
 mod tests;
 
-use model::agent::TaskPlan;
+use model::agent::{SecurityPolicy, TaskPlan};
 use model::ops::NetworkConfiguration;
 use model::task::TaskStatus;
 use model::vpc::{Filter, SecurityGroup, Subnet, Vpc, VpcError};
@@ -37,6 +39,7 @@ use store::{Expect, Op, StoreError, StoreJsonExt, Versioned};
 use crate::tasks::network_subnet;
 use crate::{Control, TaskRecord};
 
+pub(crate) use enforce::NetworkSync;
 pub use groups::{GroupRef, PermissionRequest};
 pub use subnets::SubnetView;
 
@@ -56,6 +59,8 @@ pub(crate) fn group_key(id: &str) -> String {
 pub(crate) struct TaskNetwork {
     pub subnet: Subnet,
     pub security_groups: Vec<String>,
+    /// The rules of those groups, compiled.
+    pub policy: SecurityPolicy,
 }
 
 impl Control {
@@ -233,30 +238,6 @@ impl Control {
             .collect())
     }
 
-    /// The security groups a task is in: those RunTask recorded, else (plans from before
-    /// security groups) its VPC's default group.
-    pub async fn security_groups_of(
-        &self,
-        plan: &TaskPlan,
-    ) -> Result<Vec<SecurityGroup>, NetworkError> {
-        if plan.network.security_groups.is_empty() {
-            let vpc = self.default_vpc().await?;
-            return Ok(self
-                .store()
-                .list_json::<SecurityGroup>("security-groups/")
-                .await?
-                .into_iter()
-                .map(|g| g.value)
-                .filter(|g| g.vpc_id == vpc.vpc_id && g.is_default())
-                .collect());
-        }
-        let mut groups = Vec::new();
-        for id in &plan.network.security_groups {
-            groups.push(self.security_group(id).await?.value);
-        }
-        Ok(groups)
-    }
-
     /// Resolves RunTask's `awsvpcConfiguration`: the named subnets and security groups
     /// must exist and share one VPC, the default VPC; without one, the default subnet and
     /// the default VPC's `default` group. Messages are ECS's.
@@ -343,15 +324,21 @@ impl Control {
         if security_groups.is_empty() {
             security_groups.extend(
                 groups
-                    .into_iter()
-                    .map(|g| g.value)
-                    .filter(|g| g.vpc_id == task_vpc && g.is_default())
-                    .map(|g| g.group_id),
+                    .iter()
+                    .filter(|g| g.value.vpc_id == task_vpc && g.value.is_default())
+                    .map(|g| g.value.group_id.clone()),
             );
         }
+        let policy = policy::task_policy(
+            groups
+                .iter()
+                .map(|g| &g.value)
+                .filter(|g| security_groups.contains(&g.group_id)),
+        );
         Ok(TaskNetwork {
             subnet: subnet.value,
             security_groups,
+            policy,
         })
     }
 }

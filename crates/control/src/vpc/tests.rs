@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use model::agent::ToAgent;
+use model::agent::{Protocol, ToAgent};
 use model::arn::Scope;
 use model::task::TaskStatus;
 use model::vpc::{
@@ -33,7 +33,7 @@ fn filter(name: &str, value: &str) -> Filter {
     }
 }
 
-fn tcp_from_group(port: i32, group: &str) -> PermissionRequest {
+pub(super) fn tcp_from_group(port: i32, group: &str) -> PermissionRequest {
     PermissionRequest {
         permission: IpPermission::new(IpProtocol::Tcp, Some(port), Some(port)).unwrap(),
         groups: vec![(GroupRef::Id(group.into()), None)],
@@ -49,7 +49,7 @@ fn tcp_from_cidr(port: i32, cidr: &str) -> PermissionRequest {
     }
 }
 
-async fn default_group(control: &Control) -> SecurityGroup {
+pub(super) async fn default_group(control: &Control) -> SecurityGroup {
     let vpc = control.default_vpc().await.unwrap();
     let groups = control
         .describe_security_groups(
@@ -336,8 +336,19 @@ async fn run_task_checks_and_records_its_network() {
         tasks[0].attachments[0].detail("subnetId"),
         Some(default_subnet.subnet_id.as_str())
     );
-    let groups = c.security_groups_of(&plan).await.unwrap();
-    assert_eq!(groups, std::slice::from_ref(&default));
+    // The default group's rules, its members named as a group, travel with the plan.
+    let policy = plan.network.security.clone().expect("a compiled policy");
+    assert_eq!(policy.ingress.len(), 1);
+    assert_eq!(policy.ingress[0].protocol, Protocol::All);
+    assert_eq!(
+        policy.ingress[0].groups,
+        std::slice::from_ref(&default.group_id)
+    );
+    assert!(policy.ingress[0].sources.is_empty());
+    assert_eq!(
+        policy.egress[0].sources,
+        ["0.0.0.0/0".parse::<ipnet::Ipv4Net>().unwrap()]
+    );
 
     let err = run(
         &h,

@@ -1,6 +1,7 @@
 //! Security groups, anti-spoofing and host protection against real traffic, each scenario
 //! in namespaces of its own (see `testing`).
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -196,61 +197,85 @@ fn security_groups_allow_only_what_their_rules_say() {
 }
 
 #[test]
-fn rule_changes_apply_to_running_tasks_at_once() {
+fn rule_and_member_changes_apply_to_running_tasks_at_once() {
     let (a, c) = (random_task_id(), random_task_id());
     isolated(move || async move {
         let _files = NamespaceFiles::for_tasks(&[&a, &c]);
         let network = HostNetwork::init(config("skiffsg2")).await.expect("init");
-        let members = |extra: &[&str]| {
-            let mut sources = vec!["10.66.7.10/32"];
-            sources.extend_from_slice(extra);
-            SecurityPolicy {
-                ingress: vec![rule(Protocol::Tcp, Some((8000, 8000)), &sources)],
-                egress: vec![rule(Protocol::All, None, &["0.0.0.0/0"])],
-            }
+        let group = "sg-0a1b2c3d4e5f6".to_owned();
+        let from_group = SecurityPolicy {
+            ingress: vec![SecurityRule {
+                groups: vec![group.clone()],
+                ..rule(Protocol::Tcp, Some((8000, 8000)), &[])
+            }],
+            egress: vec![rule(Protocol::All, None, &["0.0.0.0/0"])],
         };
+        let members =
+            |addresses: &[Ipv4Addr]| BTreeMap::from([(group.clone(), addresses.to_vec())]);
+        let policies = |policy: &SecurityPolicy| BTreeMap::from([(a.clone(), policy.clone())]);
         let task_a = network
-            .attach(&a, ip(10), Some(&members(&[])))
+            .attach(&a, ip(10), Some(&from_group))
             .await
             .expect("attach a");
         let task_c = network.attach(&c, ip(12), None).await.expect("attach c");
         let listener = tcp_listener(&task_a, 8000);
         let target = listener.local_addr().expect("addr");
-        assert!(!tcp_reaches(Some(&task_c.netns_path), target));
+        assert!(
+            !tcp_reaches(Some(&task_c.netns_path), target),
+            "the set starts empty"
+        );
 
-        // C joins the group: only the set changes.
-        network
-            .apply_security(&a, &members(&["10.66.7.12/32"]))
+        // C joins the group: only the set changes, A's rules stay as they are.
+        let rebuilt = network
+            .update_security(Some(&members(&[ip(10), ip(12)])), &BTreeMap::new(), 1)
             .await
-            .expect("apply");
+            .expect("update");
+        assert!(rebuilt.is_empty());
         assert!(tcp_reaches(Some(&task_c.netns_path), target), "C joined");
         // A connection open when C leaves stays up; new ones are refused.
         let open = connect(Some(&task_c.netns_path), target).expect("connect");
         network
-            .apply_security(&a, &members(&[]))
+            .update_security(Some(&members(&[ip(10)])), &BTreeMap::new(), 2)
             .await
-            .expect("apply");
+            .expect("update");
         assert!(!tcp_reaches(Some(&task_c.netns_path), target), "C left");
         drop(open);
 
-        // A new rule and then none: chains rebuilt, sets created and removed.
-        let mut wider = members(&[]);
+        // A rule naming C's address: A's chains rebuilt.
+        let mut wider = from_group.clone();
         wider
             .ingress
             .push(rule(Protocol::All, None, &["10.66.7.12/32"]));
-        network.apply_security(&a, &wider).await.expect("apply");
-        assert!(tcp_reaches(Some(&task_c.netns_path), target), "rule added");
-        network
-            .apply_security(&a, &SecurityPolicy::default())
+        let rebuilt = network
+            .update_security(None, &policies(&wider), 3)
             .await
-            .expect("apply");
+            .expect("update");
+        assert_eq!(rebuilt, std::slice::from_ref(&a));
+        assert!(tcp_reaches(Some(&task_c.netns_path), target), "rule added");
+        // An update older than what A holds changes nothing.
+        let rebuilt = network
+            .update_security(None, &policies(&SecurityPolicy::default()), 2)
+            .await
+            .expect("update");
+        assert!(rebuilt.is_empty(), "version 2 after version 3");
+        assert!(
+            tcp_reaches(Some(&task_c.netns_path), target),
+            "still allowed"
+        );
+        network
+            .update_security(
+                Some(&BTreeMap::new()),
+                &policies(&SecurityPolicy::default()),
+                4,
+            )
+            .await
+            .expect("update");
         assert!(
             !tcp_reaches(Some(&task_c.netns_path), target),
             "no rules, no traffic"
         );
-        let rules: Vec<String> = ruleset()["nftables"]
-            .as_array()
-            .expect("objects")
+        let objects = ruleset()["nftables"].as_array().expect("objects").clone();
+        let rules: Vec<String> = objects
             .iter()
             .filter(|object| object["rule"]["chain"] == format!("in_{a}").as_str())
             .map(|object| object["rule"]["expr"].to_string())
@@ -260,38 +285,68 @@ fn rule_changes_apply_to_running_tasks_at_once() {
             [r#"[{"drop":null}]"#],
             "an empty policy drops everything"
         );
+        assert!(
+            !objects
+                .iter()
+                .any(|object| object["set"]["name"] == group.as_str()),
+            "the set of a group no policy names is deleted"
+        );
+        // A task not attached here is skipped, not an error.
+        let missing = random_task_id();
+        let rebuilt = network
+            .update_security(
+                None,
+                &BTreeMap::from([(missing, SecurityPolicy::default())]),
+                5,
+            )
+            .await
+            .expect("update");
+        assert!(rebuilt.is_empty());
 
-        // Timing, for the report: membership flips on a running task.
+        // Timing, for the report: membership flips, one element each.
+        network
+            .update_security(Some(&members(&[ip(10)])), &policies(&from_group), 6)
+            .await
+            .expect("update");
         let mut samples = Vec::new();
-        for round in 0..100 {
-            let policy = members(if round % 2 == 0 {
-                &["10.66.7.12/32"]
+        for round in 0..100u64 {
+            let addresses = if round % 2 == 0 {
+                vec![ip(10), ip(12)]
             } else {
-                &[]
-            });
+                vec![ip(10)]
+            };
             let started = Instant::now();
-            network.apply_security(&a, &policy).await.expect("apply");
+            network
+                .update_security(Some(&members(&addresses)), &BTreeMap::new(), 7 + round)
+                .await
+                .expect("update");
             samples.push(started.elapsed());
         }
         samples.sort_unstable();
-        println!("apply_security p50 {:?} p99 {:?}", samples[50], samples[98]);
+        println!("member update p50 {:?} p99 {:?}", samples[50], samples[98]);
 
-        let missing = random_task_id();
-        assert!(matches!(
-            network.apply_security(&missing, &members(&[])).await,
-            Err(NetError::NotAttached { .. })
-        ));
         assert!(matches!(
             network
-                .apply_security(
-                    &a,
-                    &SecurityPolicy {
+                .update_security(
+                    None,
+                    &policies(&SecurityPolicy {
                         ingress: vec![rule(Protocol::Tcp, Some((90, 80)), &[])],
                         egress: vec![],
-                    }
+                    }),
+                    200
                 )
                 .await,
             Err(NetError::InvalidPortRange { low: 90, high: 80 })
+        ));
+        assert!(matches!(
+            network
+                .update_security(
+                    Some(&BTreeMap::from([("x; flush ruleset".to_owned(), vec![])])),
+                    &BTreeMap::new(),
+                    201
+                )
+                .await,
+            Err(NetError::InvalidGroupId { .. })
         ));
         for task in [&a, &c] {
             network.detach(task).await.expect("detach");
@@ -474,10 +529,11 @@ fn detach_and_restart_leave_no_rules_of_gone_tasks() {
             ingress: vec![rule(Protocol::All, None, &["10.66.7.0/24"])],
             ..closed
         };
-        network
-            .apply_security(&kept, &open)
+        let rebuilt = network
+            .update_security(None, &BTreeMap::from([(kept.clone(), open)]), 1)
             .await
-            .expect("apply after restart");
+            .expect("update after restart");
+        assert_eq!(rebuilt, std::slice::from_ref(&kept));
         assert!(tcp_reaches(
             Some(&probe.netns_path),
             listener.local_addr().expect("addr")
@@ -493,7 +549,7 @@ fn detach_and_restart_leave_no_rules_of_gone_tasks() {
                 .iter()
                 .filter_map(|object| object.get("chain"))
                 .count(),
-            4,
+            6,
             "only the base chains are left"
         );
     });

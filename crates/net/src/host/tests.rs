@@ -29,7 +29,9 @@ fn attribute<T>(message: &LinkMessage, pick: impl Fn(&LinkAttribute) -> Option<T
     message.attributes.iter().find_map(pick)
 }
 
-/// Masquerade rules in the test bridge's table of the calling thread's namespace.
+/// Masquerade rules in the test bridge's table of the calling thread's namespace: one
+/// for the task subnet going out, one for the host's loopback connections to published
+/// ports.
 fn masquerade_rules() -> usize {
     crate::testing::ruleset()["nftables"]
         .as_array()
@@ -119,7 +121,7 @@ fn attached_tasks_reach_the_host_and_each_other_until_detached() {
         connect(Some(&second.netns_path), target).expect("task b reaches task a");
         assert_eq!(listener.accept().expect("accept").1.ip(), second.address);
 
-        assert_eq!(masquerade_rules(), 1);
+        assert_eq!(masquerade_rules(), 2);
         let attached = network.attached_tasks().expect("attached tasks");
         assert!(
             attached.contains(&a) && attached.contains(&b),
@@ -203,7 +205,7 @@ fn init_is_idempotent_and_repairs_the_bridge() {
             .contains(&netlink_packet_route::link::LinkFlag::Up));
         assert_eq!(
             masquerade_rules(),
-            1,
+            2,
             "the table is replaced, not appended to"
         );
     });

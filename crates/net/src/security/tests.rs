@@ -77,7 +77,8 @@ fn a_policy_rebuilds_only_the_tasks_two_chains() {
         json!([
             {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
                        "right": {"set": [{"prefix": {"addr": "0.0.0.0", "len": 0}}]}}},
-            {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "icmp"}},
+            {"match": {"op": "==", "left": {"payload": {"protocol": "icmp", "field": "type"}},
+                       "right": 1}},
             {"return": {}}
         ])
     );
@@ -88,6 +89,7 @@ fn removal_deletes_chains_only_after_emptying_them_and_their_map_elements() {
     let mut batch = Batch::new();
     let installed = Installed {
         address: Some(Ipv4Addr::new(10, 77, 0, 5)),
+        version: 0,
     };
     firewall().removal_commands(&mut batch, TASK, "sk0123456789abc", installed);
     let commands: Vec<String> = commands(batch).iter().map(Value::to_string).collect();
@@ -149,10 +151,104 @@ fn a_listing_yields_tasks_and_their_addresses() {
         {"chain": {"name": format!("guard_{other}")}},
         {"chain": {"name": "forward"}},
         {"chain": {"name": "in_notatask"}},
+        {"set": {"name": "sg-0a1b2c3d4e5f6", "type": "ipv4_addr"}},
+        {"set": {"name": "not-a-group", "type": "ipv4_addr"}},
     ]});
     let mut found = HashMap::new();
-    learn(&listing, &mut found);
+    let mut sets = Vec::new();
+    learn(&listing, &mut found, &mut sets);
+    assert_eq!(sets, ["sg-0a1b2c3d4e5f6"]);
     assert_eq!(found.len(), 2, "{found:?}");
     assert_eq!(found[TASK].address, Some(Ipv4Addr::new(10, 77, 0, 5)));
     assert_eq!(found[other].address, None);
+}
+
+#[test]
+fn a_rule_naming_groups_matches_each_groups_set_beside_its_ranges() {
+    let policy = SecurityPolicy {
+        ingress: vec![SecurityRule {
+            groups: vec!["sg-aa".to_owned(), "sg-bb".to_owned()],
+            ..rule(Protocol::Tcp, Some((8080, 8080)), &["192.0.2.0/24"])
+        }],
+        egress: vec![],
+    };
+    let mut batch = Batch::new();
+    firewall().policy_commands(&mut batch, TASK, &policy);
+    let commands = commands(batch);
+    let sets: Vec<&Value> = commands
+        .iter()
+        .filter_map(|c| c["add"].get("set"))
+        .collect();
+    assert_eq!(
+        sets.len(),
+        2,
+        "both sets are created if missing: {commands:#?}"
+    );
+    assert!(
+        commands
+            .iter()
+            .all(|c| c.get("flush").is_none() || c["flush"].get("set").is_none()),
+        "a policy never empties a member set"
+    );
+    let peers: Vec<Value> = commands
+        .iter()
+        .filter(|c| c["add"]["rule"]["chain"] == format!("in_{TASK}").as_str())
+        .map(|c| c["add"]["rule"]["expr"][0]["match"]["right"].clone())
+        .collect();
+    assert_eq!(
+        peers.len(),
+        4,
+        "ranges, two groups, the final drop: {peers:#?}"
+    );
+    assert!(peers[0]["set"].is_array(), "{peers:#?}");
+    assert_eq!(peers[1..], [json!("@sg-aa"), json!("@sg-bb"), Value::Null]);
+}
+
+#[test]
+fn member_updates_send_only_the_difference_to_known_sets() {
+    let table = firewall().ip;
+    let mut sets = GroupSets::default();
+    let members = |addresses: &[u8]| {
+        BTreeMap::from([(
+            "sg-aa".to_owned(),
+            addresses
+                .iter()
+                .map(|&a| Ipv4Addr::new(10, 77, 0, a))
+                .collect(),
+        )])
+    };
+    // Unknown (here: never seen) sets are created, flushed and filled.
+    let mut batch = Batch::new();
+    sets.update_commands(&mut batch, &table, &members(&[1, 2]));
+    let first: Vec<String> = commands(batch).iter().map(Value::to_string).collect();
+    assert!(first[0].starts_with(r#"{"add":{"set""#), "{first:#?}");
+    assert!(first[1].starts_with(r#"{"flush":{"set""#), "{first:#?}");
+    assert!(first[2].contains("10.77.0.1") && first[2].contains("10.77.0.2"));
+    sets.installed(&members(&[1, 2]));
+    // Known ones get the difference only.
+    let mut batch = Batch::new();
+    sets.update_commands(&mut batch, &table, &members(&[2, 3]));
+    let next: Vec<String> = commands(batch).iter().map(Value::to_string).collect();
+    assert_eq!(next.len(), 2, "{next:#?}");
+    assert!(next[0].starts_with(r#"{"add":{"element""#) && next[0].contains("10.77.0.3"));
+    assert!(next[1].starts_with(r#"{"delete":{"element""#) && next[1].contains("10.77.0.1"));
+    // Sets the update leaves out are stale.
+    assert_eq!(sets.stale(&BTreeMap::new()), ["sg-aa"]);
+    assert!(sets.stale(&members(&[])).is_empty());
+}
+
+#[test]
+fn only_group_ids_name_sets() {
+    for good in ["sg-0a1b2c3d4e5f60718", "sg-a"] {
+        assert!(groups::is_group_id(good), "{good}");
+    }
+    for bad in [
+        "sg-",
+        "default",
+        "sg-A1",
+        "sg-1;flush",
+        "sg-0123456789abcdef0123456789abcd",
+    ] {
+        assert!(!groups::is_group_id(bad), "{bad}");
+    }
 }

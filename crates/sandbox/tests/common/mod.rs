@@ -120,6 +120,7 @@ impl Harness {
             netns_path: self.netns.path.clone(),
             hostname: "skiff-test-host".into(),
             address: Some("10.9.0.2".parse().unwrap()),
+            dns: None,
             containers,
         }
     }

@@ -11,7 +11,7 @@ use api::client::EcsClient;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
-use super::{print_json, table, Connection, Output};
+use super::{print_json, query_list, query_text, table, Connection, Output};
 
 const SERVICE: &str = "elasticloadbalancing";
 const VERSION: &str = "2015-12-01";
@@ -92,27 +92,19 @@ async fn elbv2(
         .with_context(|| format!("{action} failed"))
 }
 
-fn list(value: &Value) -> &[Value] {
-    value.as_array().map(Vec::as_slice).unwrap_or_default()
-}
-
 /// The first element of the list `field` of a result.
 fn first<'a>(result: &'a Value, field: &str) -> anyhow::Result<&'a Value> {
-    list(&result[field])
+    query_list(&result[field])
         .first()
         .with_context(|| format!("the server's answer has no {field}: is it a Skiff server?"))
 }
 
-fn text<'a>(value: &'a Value, field: &str) -> &'a str {
-    value[field].as_str().unwrap_or_default()
-}
-
 /// The address the balancer's listeners bind (every zone shows the same one).
 fn address(lb: &Value) -> String {
-    list(&lb["AvailabilityZones"])
+    query_list(&lb["AvailabilityZones"])
         .iter()
-        .flat_map(|zone| list(&zone["LoadBalancerAddresses"]))
-        .map(|a| text(a, "IpAddress").to_owned())
+        .flat_map(|zone| query_list(&zone["LoadBalancerAddresses"]))
+        .map(|a| query_text(a, "IpAddress").to_owned())
         .next()
         .unwrap_or_default()
 }
@@ -132,7 +124,7 @@ async fn create(client: &EcsClient, args: CreateArgs, output: Output) -> anyhow:
         group.push(("HealthCheckPath", path.clone()));
     }
     let created = elbv2(client, "CreateTargetGroup", &group).await?;
-    let group_arn = text(first(&created, "TargetGroups")?, "TargetGroupArn").to_owned();
+    let group_arn = query_text(first(&created, "TargetGroups")?, "TargetGroupArn").to_owned();
 
     let made = async {
         let created = elbv2(
@@ -142,7 +134,7 @@ async fn create(client: &EcsClient, args: CreateArgs, output: Output) -> anyhow:
         )
         .await?;
         let lb = first(&created, "LoadBalancers")?.clone();
-        let lb_arn = text(&lb, "LoadBalancerArn").to_owned();
+        let lb_arn = query_text(&lb, "LoadBalancerArn").to_owned();
         let listener = elbv2(
             client,
             "CreateListener",
@@ -178,8 +170,8 @@ async fn create(client: &EcsClient, args: CreateArgs, output: Output) -> anyhow:
     if output == Output::Json {
         return print_json(&json!({
             "targetGroupArn": group_arn,
-            "loadBalancerArn": text(&lb, "LoadBalancerArn"),
-            "dnsName": text(&lb, "DNSName"),
+            "loadBalancerArn": query_text(&lb, "LoadBalancerArn"),
+            "dnsName": query_text(&lb, "DNSName"),
             "address": listen,
         }));
     }
@@ -195,28 +187,31 @@ async fn create(client: &EcsClient, args: CreateArgs, output: Output) -> anyhow:
 async fn ls(client: &EcsClient, output: Output) -> anyhow::Result<()> {
     let described = elbv2(client, "DescribeLoadBalancers", &[]).await?;
     let mut rows = Vec::new();
-    for lb in list(&described["LoadBalancers"]) {
+    for lb in query_list(&described["LoadBalancers"]) {
         let listeners = elbv2(
             client,
             "DescribeListeners",
-            &[("LoadBalancerArn", text(lb, "LoadBalancerArn").to_owned())],
+            &[(
+                "LoadBalancerArn",
+                query_text(lb, "LoadBalancerArn").to_owned(),
+            )],
         )
         .await?;
-        let listeners: Vec<Value> = list(&listeners["Listeners"])
+        let listeners: Vec<Value> = query_list(&listeners["Listeners"])
             .iter()
             .map(|l| {
                 json!({
-                    "address": format!("{}:{}", address(lb), text(l, "Port")),
-                    "protocol": text(l, "Protocol"),
-                    "targetGroupArn": list(&l["DefaultActions"]).first().map(|a| text(a, "TargetGroupArn")).unwrap_or_default(),
+                    "address": format!("{}:{}", address(lb), query_text(l, "Port")),
+                    "protocol": query_text(l, "Protocol"),
+                    "targetGroupArn": query_list(&l["DefaultActions"]).first().map(|a| query_text(a, "TargetGroupArn")).unwrap_or_default(),
                 })
             })
             .collect();
         rows.push(json!({
-            "name": text(lb, "LoadBalancerName"),
-            "type": text(lb, "Type"),
-            "dnsName": text(lb, "DNSName"),
-            "arn": text(lb, "LoadBalancerArn"),
+            "name": query_text(lb, "LoadBalancerName"),
+            "type": query_text(lb, "Type"),
+            "dnsName": query_text(lb, "DNSName"),
+            "arn": query_text(lb, "LoadBalancerArn"),
             "listeners": listeners,
         }));
     }
@@ -225,26 +220,26 @@ async fn ls(client: &EcsClient, output: Output) -> anyhow::Result<()> {
     }
     let mut t = table(&["NAME", "TYPE", "LISTENERS", "TARGET GROUPS", "DNS NAME"]);
     for row in &rows {
-        let listeners = list(&row["listeners"]);
+        let listeners = query_list(&row["listeners"]);
         let addresses: Vec<String> = listeners
             .iter()
-            .map(|l| format!("{} {}", text(l, "protocol"), text(l, "address")))
+            .map(|l| format!("{} {}", query_text(l, "protocol"), query_text(l, "address")))
             .collect();
         let groups: Vec<&str> = listeners
             .iter()
             .map(|l| {
-                text(l, "targetGroupArn")
+                query_text(l, "targetGroupArn")
                     .split('/')
                     .nth(1)
                     .unwrap_or_default()
             })
             .collect();
         t.add_row(vec![
-            text(row, "name").to_owned(),
-            text(row, "type").to_owned(),
+            query_text(row, "name").to_owned(),
+            query_text(row, "type").to_owned(),
             addresses.join(", "),
             groups.join(", "),
-            text(row, "dnsName").to_owned(),
+            query_text(row, "dnsName").to_owned(),
         ]);
     }
     println!("{t}");
@@ -262,13 +257,13 @@ async fn group_arn(client: &EcsClient, group: &str) -> anyhow::Result<String> {
         &[("Names.member.1", group.to_owned())],
     )
     .await?;
-    Ok(text(first(&described, "TargetGroups")?, "TargetGroupArn").to_owned())
+    Ok(query_text(first(&described, "TargetGroups")?, "TargetGroupArn").to_owned())
 }
 
 async fn targets(client: &EcsClient, group: &str, output: Output) -> anyhow::Result<()> {
     let arn = group_arn(client, group).await?;
     let health = elbv2(client, "DescribeTargetHealth", &[("TargetGroupArn", arn)]).await?;
-    let descriptions = list(&health["TargetHealthDescriptions"]);
+    let descriptions = query_list(&health["TargetHealthDescriptions"]);
     if output == Output::Json {
         return print_json(&Value::Array(descriptions.to_vec()));
     }
@@ -277,11 +272,11 @@ async fn targets(client: &EcsClient, group: &str, output: Output) -> anyhow::Res
         let target = &d["Target"];
         let health = &d["TargetHealth"];
         t.add_row(vec![
-            text(target, "Id"),
-            text(target, "Port"),
-            text(health, "State"),
-            text(health, "Reason"),
-            text(health, "Description"),
+            query_text(target, "Id"),
+            query_text(target, "Port"),
+            query_text(health, "State"),
+            query_text(health, "Reason"),
+            query_text(health, "Description"),
         ]);
     }
     println!("{t}");
@@ -295,14 +290,14 @@ async fn rm(client: &EcsClient, name: &str) -> anyhow::Result<()> {
         &[("Names.member.1", name.to_owned())],
     )
     .await?;
-    let lb_arn = text(first(&described, "LoadBalancers")?, "LoadBalancerArn").to_owned();
+    let lb_arn = query_text(first(&described, "LoadBalancers")?, "LoadBalancerArn").to_owned();
     elbv2(client, "DeleteLoadBalancer", &[("LoadBalancerArn", lb_arn)]).await?;
     let groups = elbv2(client, "DescribeTargetGroups", &[]).await?;
-    if let Some(group) = list(&groups["TargetGroups"])
+    if let Some(group) = query_list(&groups["TargetGroups"])
         .iter()
-        .find(|g| text(g, "TargetGroupName") == name)
+        .find(|g| query_text(g, "TargetGroupName") == name)
     {
-        let arn = text(group, "TargetGroupArn").to_owned();
+        let arn = query_text(group, "TargetGroupArn").to_owned();
         elbv2(client, "DeleteTargetGroup", &[("TargetGroupArn", arn)]).await?;
     }
     println!("Deleted load balancer {name}");

@@ -4,6 +4,7 @@
 
 mod images;
 mod lb;
+mod network;
 mod registry;
 mod run;
 mod services;
@@ -62,6 +63,9 @@ pub enum ClientCommand {
     /// Manage services: N copies of a task kept running, rolled out by deployments.
     #[command(subcommand)]
     Service(services::ServiceCommand),
+    /// Manage VPCs, subnets and security groups.
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
 }
 
 pub async fn run(command: ClientCommand, connection: Connection) -> anyhow::Result<ExitCode> {
@@ -74,6 +78,7 @@ pub async fn run(command: ClientCommand, connection: Connection) -> anyhow::Resu
         ClientCommand::Registry(command) => registry::run(command, &connection).await,
         ClientCommand::Lb(command) => lb::run(command, &connection).await,
         ClientCommand::Service(command) => services::run(command, &connection).await,
+        ClientCommand::Network(command) => network::run(command, &connection).await,
     }
 }
 
@@ -132,6 +137,16 @@ pub fn error_chain(error: &anyhow::Error) -> String {
 pub fn print_json(value: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// The elements of a list in a Query-protocol answer; an empty XML list arrives as `""`.
+pub fn query_list(value: &Value) -> &[Value] {
+    value.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// A text field of a Query-protocol answer; empty when missing.
+pub fn query_text<'a>(value: &'a Value, field: &str) -> &'a str {
+    value[field].as_str().unwrap_or_default()
 }
 
 /// A table with a header row, in the house style.
