@@ -179,7 +179,7 @@ class Server:
             SKIFF_ENDPOINT=self.endpoint,
             AWS_PAGER="",
             NO_COLOR="1",
-            RUST_LOG=os.environ.get("RUST_LOG", "info"),
+            RUST_LOG=os.environ.get("RUST_LOG", "info,hickory_server=warn"),
         )
         return env
 
@@ -544,7 +544,13 @@ def images():
 
 @contextlib.contextmanager
 def running_server(images, extra_args=()):
-    server = Server(extra_args)
+    """A started server with busybox loaded. `extra_args` are more server flags, or a
+    function of the (not yet started) server returning them, for flags derived from its
+    port."""
+    server = Server()
+    server.extra_args += [
+        str(arg) for arg in (extra_args(server) if callable(extra_args) else extra_args)
+    ]
     try:
         server.start()
         server.load_image(images["oci"])

@@ -3,11 +3,13 @@
 A stopped task must leave nothing: no mount under the server's state directory, no
 `/run/netns/skiff-<id>`, no host veth `sk<first 13 hex digits of the id>`, no cgroup
 `skiff/<id>` in any hierarchy (v1: /sys/fs/cgroup/<controller>/skiff/<id>, v2:
-/sys/fs/cgroup/skiff/<id>), no runc container `<id>-<container>`, and no process whose
-command line names the task (its supervisor)."""
+/sys/fs/cgroup/skiff/<id>), no runc container `<id>-<container>`, no process whose
+command line names the task (its supervisor), and no nftables chain named after it (its
+security group and anti-spoofing chains `in_<id>`, `out_<id>`, `guard_<id>`)."""
 
 import contextlib
 import glob
+import json
 import os
 import re
 import signal
@@ -64,12 +66,23 @@ def processes_mentioning(text):
     return pids
 
 
+def nft_chains():
+    """The names of every nftables chain on the host, with their tables."""
+    result = subprocess.run(["nft", "-j", "list", "chains"], capture_output=True, text=True)
+    objects = json.loads(result.stdout or "{}").get("nftables", [])
+    return [
+        (o["chain"]["table"], o["chain"]["name"]) for o in objects if "chain" in o
+    ]
+
+
 def find_leftovers(task_ids, state_dir):
     """What the given tasks left on the host, as readable strings."""
     leaks = [f"mount {m}" for m in mounts_under(state_dir)]
     veths = host_veths()
     runc = runc_containers()
+    chains = nft_chains()
     for tid in sorted(task_ids):
+        leaks += [f"nft chain {name} in table {table}" for table, name in chains if tid in name]
         if os.path.exists(f"/run/netns/skiff-{tid}"):
             leaks.append(f"netns /run/netns/skiff-{tid}")
         if f"sk{tid[:13]}" in veths:

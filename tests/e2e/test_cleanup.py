@@ -1,14 +1,16 @@
 """Clean-up: after hundreds of short tasks, nothing of them is left on the host (mounts,
-network namespaces, veths, cgroups, runc containers, supervisors) and their addresses
-are handed out again."""
+network namespaces, veths, cgroups, runc containers, supervisors, firewall chains, map
+elements and security group member sets) and their addresses are handed out again."""
 
 import ipaddress
+import json
+import subprocess
 import time
 
 from conftest import container, task_id, wait_until
 from leftovers import find_leftovers, mounts_under
 
-BATCHES = 20  # RunTask calls of count 10: 200 tasks
+BATCHES = 30  # RunTask calls of count 10: 300 tasks
 IN_FLIGHT = 30  # tasks allowed to be not yet STOPPED before the next RunTask
 
 
@@ -61,6 +63,21 @@ def test_hundreds_of_tasks_leave_nothing_behind(fresh_server):
     assert mounts_under(server.state_dir) == []
     leaks = find_leftovers(set(ids), server.state_dir)
     assert leaks == [], f"{len(leaks)} leftovers, e.g. {leaks[:5]}"
+
+    # The bridge's firewall holds nothing of them: no task chains, no map elements, and
+    # no member set of a group (no task left to name one).
+    table = json.loads(
+        subprocess.run(
+            ["nft", "-j", "list", "table", "ip", f"skiff_{server.bridge}"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    )["nftables"]
+    chains = [o["chain"]["name"] for o in table if "chain" in o]
+    assert not [c for c in chains if c.startswith(("in_", "out_"))], chains
+    maps = {o["map"]["name"]: o["map"].get("elem", []) for o in table if "map" in o}
+    assert maps["ingress"] == [] and maps["egress"] == [], maps
+    sets = [o["set"]["name"] for o in table if "set" in o]
+    assert sets == [], sets
 
     # Addresses were reused: far fewer were handed out than tasks ran, and a new task
     # gets the lowest one again (the first host address is the bridge's).
