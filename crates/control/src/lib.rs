@@ -51,6 +51,8 @@ pub struct ControlConfig {
     pub subnet: Ipv4Net,
     /// How long a stopped task stays describable.
     pub stopped_task_retention: Duration,
+    /// Where the host ports of bridge-mode mappings without a `hostPort` come from.
+    pub host_port_range: HostPortRange,
 }
 
 /// The control plane. Cheap to clone.
@@ -78,13 +80,14 @@ impl Control {
     /// Opens the control plane on `store`, rebuilding its in-memory indexes.
     pub async fn new(store: Arc<dyn Store>, config: ControlConfig) -> Result<Self, StoreError> {
         let ipam = ipam::Ipam::new(config.subnet);
+        let ports = ports::HostPorts::new(config.host_port_range);
         let control = Control {
             inner: Arc::new(Inner {
                 store,
                 config,
                 agent: std::sync::Mutex::new(None),
                 ipam: Mutex::new(ipam),
-                ports: std::sync::Mutex::new(ports::HostPorts::new(HostPortRange::default())),
+                ports: std::sync::Mutex::new(ports),
                 scheduler: services::SchedulerHandle::default(),
                 network_sync: vpc::NetworkSync::default(),
                 balancer: std::sync::OnceLock::new(),

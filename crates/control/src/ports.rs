@@ -144,11 +144,6 @@ impl HostPorts {
         }
     }
 
-    pub(crate) fn set_range(&mut self, range: HostPortRange) {
-        self.range = range;
-        self.next = range.low;
-    }
-
     /// Publishes every port mapping of `containers` for `task_id`: all of them, or none
     /// when one conflicts.
     pub(crate) fn allocate(
@@ -281,12 +276,6 @@ pub(crate) fn network_bindings(bindings: &[PortBinding], container: &str) -> Vec
 }
 
 impl Control {
-    /// Sets the range dynamic host ports come from ([`DEFAULT_HOST_PORT_RANGE`] until
-    /// set). Ports already held stay with their tasks.
-    pub fn set_host_port_range(&self, range: HostPortRange) {
-        self.host_ports().set_range(range);
-    }
-
     pub(crate) fn host_ports(&self) -> std::sync::MutexGuard<'_, HostPorts> {
         // Every update is one statement on the table: a panic cannot leave it torn.
         self.inner

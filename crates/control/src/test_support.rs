@@ -33,6 +33,7 @@ impl Harness {
                 },
                 subnet: "10.1.0.0/24".parse().unwrap(),
                 stopped_task_retention: Duration::from_secs(3600),
+                host_port_range: crate::HostPortRange::default(),
             },
         )
         .await

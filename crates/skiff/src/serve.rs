@@ -130,10 +130,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             scope,
             subnet: args.subnet,
             stopped_task_retention: Duration::from_secs(args.stopped_task_retention),
+            host_port_range: args.host_port_range,
         },
     )
     .await?;
-    control.set_host_port_range(args.host_port_range);
     control.attach_balancer(balancer.clone());
 
     let (to_agent, from_control) = mpsc::unbounded_channel();

@@ -19,10 +19,9 @@ async fn start(store: Arc<dyn store::Store>) -> Control {
         },
         subnet: "10.1.0.0/24".parse().unwrap(),
         stopped_task_retention: Duration::from_secs(3600),
+        host_port_range: HostPortRange::new(40000, 40009).unwrap(),
     };
-    let control = Control::new(store, config).await.unwrap();
-    control.set_host_port_range(HostPortRange::new(40000, 40009).unwrap());
-    control
+    Control::new(store, config).await.unwrap()
 }
 
 async fn call(control: &Control, op: &str, body: Value) -> Result<Value, model::EcsError> {

@@ -23,6 +23,7 @@ fn config(subnet: &str) -> ControlConfig {
         },
         subnet: subnet.parse().unwrap(),
         stopped_task_retention: Duration::from_secs(3600),
+        host_port_range: crate::HostPortRange::default(),
     }
 }
 
