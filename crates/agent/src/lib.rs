@@ -21,12 +21,12 @@ mod runner;
 mod security;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 pub use dns::DnsError;
 pub use images::ImageSettings;
 pub use metadata::MetadataError;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use image::ImageStore;
 use model::agent::{FromAgent, TaskPlan, TaskReport, ToAgent, PROTOCOL_VERSION};
@@ -187,7 +187,7 @@ impl Agent {
                 ToAgent::Sync { tasks } => self.sync(tasks).await,
                 ToAgent::Forget { task_id } => self.forget(&task_id).await,
                 ToAgent::Security(update) => self.secure(update).await,
-                ToAgent::Names { names } => self.set_names(names),
+                ToAgent::Names { names } => self.inner.names.replace(names),
             }
         }
     }
@@ -278,10 +278,6 @@ impl Agent {
                 tokio::spawn(async move { runner::report_lost(&agent, plan).await });
             }
         }
-    }
-
-    fn set_names(&self, names: std::collections::BTreeMap<String, Vec<std::net::Ipv4Addr>>) {
-        self.inner.names.replace(names);
     }
 
     /// Drops what is left of a stopped task past retention: its logs and state.
