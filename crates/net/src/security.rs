@@ -218,12 +218,10 @@ impl TaskFirewall {
                 .jump_element(PORTS_MAP, string(host_interface), &guard),
         );
         let started = Instant::now();
+        // The member sets the policy names are created if missing, without the member
+        // sets' lock: the control plane's member updates name every group some policy
+        // names, and the next one records them.
         nft::apply_for_task(&batch, task_id).await?;
-        std::mem::drop(tasks);
-        self.groups
-            .lock()
-            .await
-            .learn(policy_groups(policy).cloned());
         tracing::debug!(
             task_id,
             ingress_rules = policy.ingress.len(),
