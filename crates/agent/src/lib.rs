@@ -124,6 +124,7 @@ impl Agent {
         .await?;
         let names = Arc::new(dns::ServiceNames::default());
         dns::start(network.gateway(), names.clone()).await?;
+        let (security, security_queue) = security::LatestPolicies::new();
         let agent = Agent {
             inner: Arc::new(Inner {
                 config,
@@ -136,10 +137,11 @@ impl Agent {
                 reports,
                 runners: Mutex::new(HashMap::new()),
                 metadata,
-                security: security::LatestPolicies::default(),
+                security,
                 names,
             }),
         };
+        agent.start_security_worker(security_queue);
         agent.adopt_survivors().await;
         Ok(agent)
     }
@@ -186,7 +188,7 @@ impl Agent {
                 ToAgent::Stop { task_id, reason } => self.stop(&task_id, reason),
                 ToAgent::Sync { tasks } => self.sync(tasks).await,
                 ToAgent::Forget { task_id } => self.forget(&task_id).await,
-                ToAgent::Security(update) => self.secure(update).await,
+                ToAgent::Security(update) => self.secure(update),
                 ToAgent::Names { names } => self.inner.names.replace(names),
             }
         }

@@ -1,5 +1,10 @@
 //! Security group updates from the control plane, applied to this host's tasks.
 //!
+//! The agent's message loop only records an update and queues it: one worker applies
+//! the queue in order, merging the updates that arrived while it applied the previous
+//! one (the latest member lists, every task's latest policy), so a burst of changes is
+//! one nft transaction and a launch never waits behind one.
+//!
 //! A task's first policy comes with its plan; later ones arrive as
 //! [`ToAgent::Security`](model::agent::ToAgent::Security) at any moment, possibly while
 //! the task is still launching. Each update gets the next version of a counter, and the
@@ -14,17 +19,40 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use model::agent::{SecurityPolicy, SecurityUpdate};
+use tokio::sync::mpsc;
 
 use crate::Agent;
 
-/// The latest policies of the tasks this agent runs.
-#[derive(Debug, Default)]
+/// An update waiting for the worker.
+#[derive(Debug)]
+struct Queued {
+    members: BTreeMap<String, Vec<std::net::Ipv4Addr>>,
+    policies: BTreeMap<String, SecurityPolicy>,
+    version: u64,
+}
+
+/// The latest policies of the tasks this agent runs, and the worker's queue.
+#[derive(Debug)]
 pub(crate) struct LatestPolicies {
     version: AtomicU64,
     policies: Mutex<HashMap<String, (SecurityPolicy, u64)>>,
+    queue: mpsc::UnboundedSender<Queued>,
 }
 
+/// The receiving end of the worker's queue, for [`Agent::start_security_worker`].
+pub(crate) struct SecurityQueue(mpsc::UnboundedReceiver<Queued>);
+
 impl LatestPolicies {
+    pub(crate) fn new() -> (Self, SecurityQueue) {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let latest = LatestPolicies {
+            version: AtomicU64::new(0),
+            policies: Mutex::new(HashMap::new()),
+            queue,
+        };
+        (latest, SecurityQueue(receiver))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (SecurityPolicy, u64)>> {
         // Every update is one statement: a panic cannot leave the map torn.
         self.policies
@@ -39,9 +67,10 @@ impl LatestPolicies {
 }
 
 impl Agent {
-    /// Applies a security update: member sets and the policies of tasks attached here
-    /// now; the policies of tasks still launching are kept for their runners.
-    pub(crate) async fn secure(&self, update: SecurityUpdate) {
+    /// Records a security update and queues it for the worker, which applies member
+    /// sets and the policies of tasks attached by then; the policies of tasks still
+    /// launching are kept for their runners.
+    pub(crate) fn secure(&self, update: SecurityUpdate) {
         let latest = &self.inner.security;
         let version = latest.version.fetch_add(1, Ordering::Relaxed) + 1;
         let policies: BTreeMap<String, SecurityPolicy> = {
@@ -58,15 +87,46 @@ impl Agent {
                 })
                 .collect()
         };
+        let queued = Queued {
+            members: update.members,
+            policies,
+            version,
+        };
+        if latest.queue.send(queued).is_err() {
+            tracing::error!(version, "the security worker is gone: update dropped");
+        }
+    }
+
+    /// Starts the worker that applies queued security updates in order.
+    pub(crate) fn start_security_worker(&self, SecurityQueue(mut queue): SecurityQueue) {
+        let agent = self.clone();
+        tokio::spawn(async move {
+            while let Some(mut next) = queue.recv().await {
+                while let Ok(later) = queue.try_recv() {
+                    next.members = later.members;
+                    next.policies.extend(later.policies);
+                    next.version = later.version;
+                }
+                agent.apply_security(next).await;
+            }
+        });
+    }
+
+    async fn apply_security(&self, update: Queued) {
+        let Queued {
+            members,
+            policies,
+            version,
+        } = update;
         match self
             .inner
             .network
-            .update_security(Some(&update.members), &policies, version)
+            .update_security(Some(&members), &policies, version)
             .await
         {
             Ok(rebuilt) => tracing::debug!(
                 version,
-                groups = update.members.len(),
+                groups = members.len(),
                 policies = policies.len(),
                 rebuilt = rebuilt.len(),
                 "security update applied"
