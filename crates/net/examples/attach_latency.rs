@@ -7,41 +7,14 @@
 //! cargo run --release -p net --example attach_latency [iterations]
 //! ```
 
+mod common;
+
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use net::{BridgeConfig, HostNetwork};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{unshare, CloneFlags};
 
-/// Removes a namespace file left by an interrupted iteration.
-struct NamespaceFile(PathBuf);
-
-impl Drop for NamespaceFile {
-    fn drop(&mut self) {
-        // Both calls fail harmlessly when detach already removed the namespace.
-        let _ = umount2(&self.0, MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    let rank = ((sorted.len() - 1) as f64 * fraction).round() as usize;
-    sorted[rank]
-}
-
-fn report(what: &str, mut samples: Vec<Duration>) {
-    samples.sort_unstable();
-    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
-    println!(
-        "{what:>14}: mean {mean:>9.2?}  p50 {:>9.2?}  p90 {:>9.2?}  p99 {:>9.2?}  max {:>9.2?}",
-        percentile(&samples, 0.5),
-        percentile(&samples, 0.9),
-        percentile(&samples, 0.99),
-        samples[samples.len() - 1],
-    );
-}
+use common::{report, NamespaceFile};
 
 async fn measure(iterations: usize) {
     let config = BridgeConfig {
@@ -56,7 +29,7 @@ async fn measure(iterations: usize) {
     let (mut attach, mut detach, mut both) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..iterations {
         let task_id = format!("{:032x}", rand::random::<u128>());
-        let _file = NamespaceFile(PathBuf::from(format!("/run/netns/skiff-{task_id}")));
+        let _file = NamespaceFile::of(&task_id);
         let octets = u16::try_from(i + 2)
             .expect("fewer than 65000 iterations")
             .to_be_bytes();
@@ -81,28 +54,6 @@ async fn measure(iterations: usize) {
 }
 
 fn main() {
-    let iterations = std::env::args()
-        .nth(1)
-        .map(|arg| arg.parse().expect("iterations must be a positive number"))
-        .unwrap_or(200usize)
-        .max(1);
-    std::thread::spawn(move || {
-        unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
-            .expect("unshare network and mount namespaces (run as root)");
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_SLAVE,
-            None::<&str>,
-        )
-        .expect("make / a recursive slave");
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(measure(iterations));
-    })
-    .join()
-    .expect("measurement thread");
+    let iterations = common::count_arg("iterations", 200);
+    common::run_isolated(move || measure(iterations));
 }

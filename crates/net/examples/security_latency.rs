@@ -12,39 +12,17 @@
 //! the control plane does; then times 100 membership changes, 20 rule changes of the
 //! group (every task's rules rebuilt in one update) and 100 rule changes of one task.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ipnet::Ipv4Net;
 use model::agent::{Protocol, SecurityPolicy, SecurityRule};
 use net::{BridgeConfig, HostNetwork};
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{unshare, CloneFlags};
 
-/// Removes a namespace file left by an interrupted run.
-struct NamespaceFile(PathBuf);
-
-impl Drop for NamespaceFile {
-    fn drop(&mut self) {
-        // Both calls fail harmlessly when detach already removed the namespace.
-        let _ = umount2(&self.0, MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn report(what: &str, mut samples: Vec<Duration>) {
-    samples.sort_unstable();
-    let at = |fraction: f64| samples[((samples.len() - 1) as f64 * fraction).round() as usize];
-    println!(
-        "{what:>18}: p50 {:>9.2?}  p90 {:>9.2?}  p99 {:>9.2?}  max {:>9.2?}",
-        at(0.5),
-        at(0.9),
-        at(0.99),
-        samples[samples.len() - 1],
-    );
-}
+use common::{report, NamespaceFile};
 
 fn address(index: usize) -> Ipv4Addr {
     let octets = u16::try_from(index + 2)
@@ -107,10 +85,7 @@ async fn measure(tasks: usize) {
     let ids: Vec<String> = (0..tasks)
         .map(|_| format!("{:032x}", rand::random::<u128>()))
         .collect();
-    let _files: Vec<NamespaceFile> = ids
-        .iter()
-        .map(|id| NamespaceFile(PathBuf::from(format!("/run/netns/skiff-{id}"))))
-        .collect();
+    let _files: Vec<NamespaceFile> = ids.iter().map(|id| NamespaceFile::of(id)).collect();
     let members =
         |count: usize| BTreeMap::from([(GROUP.to_owned(), (0..count).map(address).collect())]);
     let mut version = 0u64;
@@ -190,28 +165,6 @@ async fn measure(tasks: usize) {
 }
 
 fn main() {
-    let tasks = std::env::args()
-        .nth(1)
-        .map(|arg| arg.parse().expect("tasks must be a positive number"))
-        .unwrap_or(500usize)
-        .max(1);
-    std::thread::spawn(move || {
-        unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
-            .expect("unshare network and mount namespaces (run as root)");
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_SLAVE,
-            None::<&str>,
-        )
-        .expect("make / a recursive slave");
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(measure(tasks));
-    })
-    .join()
-    .expect("measurement thread");
+    let tasks = common::count_arg("tasks", 500);
+    common::run_isolated(move || measure(tasks));
 }
