@@ -30,7 +30,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path as UrlPath, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path as UrlPath, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -145,8 +146,34 @@ fn listen(bridge: &str) -> io::Result<tokio::net::TcpListener> {
     socket.listen(1024)
 }
 
-type Caller = ConnectInfo<SocketAddr>;
-type Params = UrlPath<(String, String)>;
+/// The task that called and the container its token names; any request that does not
+/// resolve to one (another address, an unknown token, an unknown version) is answered
+/// 404 before a handler runs.
+struct Caller {
+    record: TaskRecord,
+    container: String,
+}
+
+impl FromRequestParts<Arc<Server>> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        server: &Arc<Server>,
+    ) -> Result<Self, Self::Rejection> {
+        let ConnectInfo(peer) = ConnectInfo::<SocketAddr>::from_request_parts(parts, server)
+            .await
+            .map_err(|_| not_found())?;
+        let UrlPath((version, token)) =
+            UrlPath::<(String, String)>::from_request_parts(parts, server)
+                .await
+                .map_err(|_| not_found())?;
+        let (record, container) = server
+            .caller(peer, &version, &token)
+            .ok_or_else(not_found)?;
+        Ok(Caller { record, container })
+    }
+}
 
 impl Server {
     /// The calling task and the container its token names, if both agree.
@@ -226,14 +253,11 @@ impl Server {
     }
 }
 
-async fn container(
-    State(server): State<Arc<Server>>,
-    ConnectInfo(peer): Caller,
-    UrlPath((version, token)): Params,
-) -> Response {
-    let Some((record, name)) = server.caller(peer, &version, &token) else {
-        return not_found();
-    };
+async fn container(State(server): State<Arc<Server>>, caller: Caller) -> Response {
+    let Caller {
+        record,
+        container: name,
+    } = caller;
     let host = server.host_facts(&record, false).await;
     match documents::container_document(&record, &name, &host) {
         Some(document) => json(&document),
@@ -241,26 +265,16 @@ async fn container(
     }
 }
 
-async fn task(
-    State(server): State<Arc<Server>>,
-    ConnectInfo(peer): Caller,
-    UrlPath((version, token)): Params,
-) -> Response {
-    let Some((record, _)) = server.caller(peer, &version, &token) else {
-        return not_found();
-    };
+async fn task(State(server): State<Arc<Server>>, Caller { record, .. }: Caller) -> Response {
     let host = server.host_facts(&record, true).await;
     json(&documents::task_document(&record, &host))
 }
 
-async fn container_stats(
-    State(server): State<Arc<Server>>,
-    ConnectInfo(peer): Caller,
-    UrlPath((version, token)): Params,
-) -> Response {
-    let Some((record, name)) = server.caller(peer, &version, &token) else {
-        return not_found();
-    };
+async fn container_stats(State(server): State<Arc<Server>>, caller: Caller) -> Response {
+    let Caller {
+        record,
+        container: name,
+    } = caller;
     let reader = server.clone();
     match tokio::task::spawn_blocking(move || reader.stats(&record, &name)).await {
         Ok(document) => json(&document),
@@ -268,14 +282,7 @@ async fn container_stats(
     }
 }
 
-async fn task_stats(
-    State(server): State<Arc<Server>>,
-    ConnectInfo(peer): Caller,
-    UrlPath((version, token)): Params,
-) -> Response {
-    let Some((record, _)) = server.caller(peer, &version, &token) else {
-        return not_found();
-    };
+async fn task_stats(State(server): State<Arc<Server>>, Caller { record, .. }: Caller) -> Response {
     let reader = server.clone();
     let all = tokio::task::spawn_blocking(move || {
         record
