@@ -278,12 +278,7 @@ async fn the_supervisor_survives_its_launcher_and_remove_leaves_nothing() {
     use std::io::BufRead;
 
     let harness = Harness::new();
-    let spec =
-        harness.task(vec![harness.container(
-            "idle",
-            "trap 'exit 0' TERM; while true; do sleep 1; done",
-        )]);
-    harness.track(&spec);
+    let spec = harness.idle_task();
     let task_id = spec.task_id.clone();
     let config = harness.driver.config();
     let request = serde_json::json!({
@@ -390,12 +385,7 @@ async fn a_launch_interrupted_while_preparing_is_discarded() {
 #[tokio::test]
 async fn adopting_needs_a_live_supervisor() {
     let harness = Harness::new();
-    let spec =
-        harness.task(vec![harness.container(
-            "idle",
-            "trap 'exit 0' TERM; while true; do sleep 1; done",
-        )]);
-    harness.track(&spec);
+    let spec = harness.idle_task();
     let task_id = spec.task_id.clone();
     harness.launch(spec.clone()).await;
     let adopted = harness.driver.adopt(&task_id).await.unwrap();

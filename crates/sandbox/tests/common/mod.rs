@@ -125,6 +125,17 @@ impl Harness {
         }
     }
 
+    /// A tracked (cleaned up at the end) task of one container that idles until SIGTERM.
+    pub fn idle_task(&self) -> TaskSpec {
+        let spec =
+            self.task(vec![self.container(
+                "idle",
+                "trap 'exit 0' TERM; while true; do sleep 1; done",
+            )]);
+        self.track(&spec);
+        spec
+    }
+
     /// Registers `spec` for cleanup, then launches it.
     pub async fn launch(&self, spec: TaskSpec) -> SupervisorClient {
         self.tasks.lock().unwrap().push(spec.clone());
