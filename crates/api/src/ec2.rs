@@ -69,7 +69,7 @@ async fn serve(state: &ApiState, request: &QueryRequest) -> Outcome {
         }
         "DescribeVpcs" => {
             let vpcs = c
-                .describe_vpcs(&owned(p.strings("VpcId")), &filters(&p)?)
+                .describe_vpcs(&p.strings("VpcId"), &filters(&p)?)
                 .await
                 .map_err(fault)?;
             let mut w = XmlWriter::new();
@@ -91,7 +91,7 @@ async fn serve(state: &ApiState, request: &QueryRequest) -> Outcome {
         }
         "DescribeSubnets" => {
             let views = c
-                .describe_subnets(&owned(p.strings("SubnetId")), &filters(&p)?)
+                .describe_subnets(&p.strings("SubnetId"), &filters(&p)?)
                 .await
                 .map_err(fault)?;
             let mut w = XmlWriter::new();
@@ -120,8 +120,8 @@ async fn serve(state: &ApiState, request: &QueryRequest) -> Outcome {
         "DescribeSecurityGroups" => {
             let groups = c
                 .describe_security_groups(
-                    &owned(p.strings("GroupId")),
-                    &owned(p.strings("GroupName")),
+                    &p.strings("GroupId"),
+                    &p.strings("GroupName"),
                     &filters(&p)?,
                 )
                 .await
@@ -160,10 +160,6 @@ fn fault(error: NetworkError) -> QueryFault {
     )
 }
 
-fn owned(values: Vec<&str>) -> Vec<String> {
-    values.into_iter().map(str::to_owned).collect()
-}
-
 /// `Filter.N.Name` / `Filter.N.Value.M`.
 fn filters(p: &Params<'_>) -> Result<Vec<Filter>, QueryFault> {
     p.structs("Filter")
@@ -171,7 +167,7 @@ fn filters(p: &Params<'_>) -> Result<Vec<Filter>, QueryFault> {
         .map(|f| {
             Ok(Filter {
                 name: f.required("Name")?.to_owned(),
-                values: owned(f.strings("Value")),
+                values: f.strings("Value"),
             })
         })
         .collect()

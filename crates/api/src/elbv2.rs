@@ -38,8 +38,8 @@ pub(crate) async fn handle(state: &ApiState, request: &QueryRequest) -> Outcome 
         }
         "DescribeTargetGroups" => {
             let query = TargetGroupQuery {
-                arns: owned(p.strings("TargetGroupArns")),
-                names: owned(p.strings("Names")),
+                arns: p.strings("TargetGroupArns"),
+                names: p.strings("Names"),
                 load_balancer_arn: p.get("LoadBalancerArn").map(str::to_owned),
             };
             Ok(target_groups(&b.describe_target_groups(&query).await.map_err(fault)?))
@@ -91,7 +91,7 @@ pub(crate) async fn handle(state: &ApiState, request: &QueryRequest) -> Outcome 
         }
         "DescribeLoadBalancers" => {
             let lbs = b
-                .describe_load_balancers(&owned(p.strings("LoadBalancerArns")), &owned(p.strings("Names")))
+                .describe_load_balancers(&p.strings("LoadBalancerArns"), &p.strings("Names"))
                 .await
                 .map_err(fault)?;
             Ok(load_balancers(&lbs, state))
@@ -106,7 +106,7 @@ pub(crate) async fn handle(state: &ApiState, request: &QueryRequest) -> Outcome 
         }
         "DescribeListeners" => {
             let lb_arn = p.get("LoadBalancerArn");
-            let arns = owned(p.strings("ListenerArns"));
+            let arns = p.strings("ListenerArns");
             if lb_arn.is_none() && arns.is_empty() {
                 return Err(QueryFault::validation("give LoadBalancerArn or ListenerArns"));
             }
@@ -138,10 +138,6 @@ fn fault(error: lb::LbError) -> QueryFault {
         error.code(),
         model::error_chain(&error),
     )
-}
-
-fn owned(values: Vec<&str>) -> Vec<String> {
-    values.into_iter().map(str::to_owned).collect()
 }
 
 fn protocol(value: &str) -> Result<Protocol, QueryFault> {
@@ -267,7 +263,7 @@ fn load_balancer_spec(p: &Params<'_>) -> Result<LoadBalancerSpec, QueryFault> {
             )));
         }
     }
-    let mut subnets = owned(p.strings("Subnets"));
+    let mut subnets = p.strings("Subnets");
     subnets.extend(
         p.structs("SubnetMappings")
             .iter()
@@ -278,7 +274,7 @@ fn load_balancer_spec(p: &Params<'_>) -> Result<LoadBalancerSpec, QueryFault> {
         lb_type,
         scheme,
         subnets,
-        security_groups: owned(p.strings("SecurityGroups")),
+        security_groups: p.strings("SecurityGroups"),
     })
 }
 

@@ -135,10 +135,10 @@ impl<'a> Params<'a> {
     }
 
     /// A list of scalars: `name.member.N` (or EC2's `name.N`), in index order.
-    pub fn strings(&self, name: &str) -> Vec<&'a str> {
+    pub fn strings(&self, name: &str) -> Vec<String> {
         self.element_prefixes(name)
             .into_iter()
-            .filter_map(|element| self.members.get(&element).map(String::as_str))
+            .filter_map(|element| self.members.get(&element).cloned())
             .collect()
     }
 
