@@ -8,6 +8,7 @@ what they saw, so a rule change that has not reached the kernel yet shows as a w
 answer, never as a hang."""
 
 import contextlib
+import json
 import os
 import subprocess
 import tempfile
@@ -205,10 +206,28 @@ def test_a_running_task_joins_and_leaves_source_groups_as_tasks_come_and_go(
         return result.returncode == 0
 
     assert wait_until(reaches, timeout=10, message="the client member to be admitted")
-    # Stopped, its address leaves the group (and may go to a task outside it).
+    member = address_of(watcher)
+    assert member in group_members(server, client)
+    # Stopped, its address leaves the group's set (it may go to a task outside the group);
+    # the set stays, since the web task's rules name the group.
     server.ecs.stop_task(task=watcher["taskArn"])
     server.wait_stopped([watcher])
     assert not os.path.exists(netns)
+    wait_until(
+        lambda: member not in group_members(server, client),
+        timeout=10,
+        message="the stopped task's address to leave the group's set",
+    )
+
+
+def group_members(server, group_id):
+    """The addresses in a group's member set on the server's bridge."""
+    listing = subprocess.run(
+        ["nft", "-j", "list", "set", "ip", f"skiff_{server.bridge}", group_id],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    [found] = [o["set"] for o in json.loads(listing)["nftables"] if "set" in o]
+    return set(found.get("elem", []))
 
 
 @contextlib.contextmanager
