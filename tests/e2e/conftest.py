@@ -358,6 +358,17 @@ class Server:
         )
         return response["taskDefinition"]["taskDefinitionArn"]
 
+    def create_service(self, name, definition, desired, cluster="default", **kwargs):
+        """CreateService of a FARGATE service; returns the service."""
+        return self.ecs.create_service(
+            cluster=cluster,
+            serviceName=name,
+            taskDefinition=definition,
+            desiredCount=desired,
+            launchType="FARGATE",
+            **kwargs,
+        )["service"]
+
     def run(self, definition, cluster="default", count=1, **kwargs):
         """RunTask; returns the tasks."""
         response = self.ecs.run_task(

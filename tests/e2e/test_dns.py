@@ -66,13 +66,7 @@ def web_service(server, unique):
     """A cluster named `unique` with service `web` of one task; returns the cluster."""
     server.ecs.create_cluster(clusterName=unique)
     web = server.register(f"{unique}-web", [container("web", WEB)])
-    server.ecs.create_service(
-        cluster=unique,
-        serviceName="web",
-        taskDefinition=web,
-        desiredCount=1,
-        launchType="FARGATE",
-    )
+    server.create_service("web", web, 1, cluster=unique)
     return unique
 
 

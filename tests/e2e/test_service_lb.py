@@ -50,15 +50,13 @@ def web_definition(server, family, version):
 
 
 def create_web_service(server, name, definition, group, desired):
-    return server.ecs.create_service(
-        cluster="default",
-        serviceName=name,
-        taskDefinition=definition,
-        desiredCount=desired,
-        launchType="FARGATE",
+    return server.create_service(
+        name,
+        definition,
+        desired,
         loadBalancers=[{"targetGroupArn": group, "containerName": "web", "containerPort": 8080}],
         healthCheckGracePeriodSeconds=30,
-    )["service"]
+    )
 
 
 def task_address(task):

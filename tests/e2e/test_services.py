@@ -58,20 +58,9 @@ def wait_rollout(server, name, state, timeout=180):
     return wait_until(reached, timeout=timeout, interval=0.5, message=f"{name} rollout {state}")
 
 
-def create(server, name, definition, desired, **extra):
-    return server.ecs.create_service(
-        cluster="default",
-        serviceName=name,
-        taskDefinition=definition,
-        desiredCount=desired,
-        launchType="FARGATE",
-        **extra,
-    )["service"]
-
-
 def test_create_describe_list_and_the_aws_cli_waiter(server, unique):
     definition = server.register(unique, [checked()])
-    created = create(server, unique, definition, 2)
+    created = server.create_service(unique, definition, 2)
     assert created["status"] == "ACTIVE"
     assert created["desiredCount"] == 2
     assert created["launchType"] == "FARGATE"
@@ -104,7 +93,7 @@ def test_create_describe_list_and_the_aws_cli_waiter(server, unique):
 
 def test_scaling_up_and_down(server, unique):
     definition = server.register(unique, [checked()])
-    create(server, unique, definition, 1)
+    server.create_service(unique, definition, 1)
     wait_stable(server, unique)
     server.ecs.update_service(cluster="default", service=unique, desiredCount=3)
     wait_stable(server, unique)
@@ -123,7 +112,7 @@ def test_scaling_up_and_down(server, unique):
 def test_a_task_killed_from_outside_is_replaced(server, unique):
     marker = f"svc-{unique}"
     definition = server.register(unique, [checked(f"{LONG_RUNNING} # {marker}")])
-    create(server, unique, definition, 1)
+    server.create_service(unique, definition, 1)
     wait_stable(server, unique)
     [victim] = service_tasks(server, unique)
     subprocess.run(["pkill", "-KILL", "-f", marker], check=True)
@@ -141,7 +130,7 @@ def test_a_task_killed_from_outside_is_replaced(server, unique):
 
 def test_a_user_stopped_task_is_replaced(server, unique):
     definition = server.register(unique, [checked()])
-    create(server, unique, definition, 1)
+    server.create_service(unique, definition, 1)
     wait_stable(server, unique)
     [task] = service_tasks(server, unique)
     server.ecs.stop_task(cluster="default", task=task["taskArn"], reason="testing")
@@ -158,7 +147,7 @@ def test_an_unhealthy_container_gets_its_task_replaced(server, unique):
     command = f"touch /tmp/ok; (sleep 6; rm /tmp/ok) & {LONG_RUNNING}"
     check = dict(CHECK, command=["CMD-SHELL", "test -f /tmp/ok"])
     definition = server.register(unique, [checked(command, check)])
-    create(server, unique, definition, 1)
+    server.create_service(unique, definition, 1)
     [first] = wait_until(lambda: service_tasks(server, unique), message="a task")
 
     def replaced():
@@ -176,7 +165,7 @@ def test_an_unhealthy_container_gets_its_task_replaced(server, unique):
 
 def test_rolling_deployment_to_a_new_revision(server, unique):
     first = server.register(unique, [checked()])
-    create(server, unique, first, 2)
+    server.create_service(unique, first, 2)
     wait_rollout(server, unique, "COMPLETED")
     old = {t["taskArn"] for t in service_tasks(server, unique)}
 
@@ -208,8 +197,7 @@ def test_rolling_deployment_to_a_new_revision(server, unique):
 
 def test_circuit_breaker_rolls_back_a_broken_revision(server, unique):
     good = server.register(unique, [checked()])
-    create(
-        server,
+    server.create_service(
         unique,
         good,
         5,
@@ -237,7 +225,7 @@ def test_circuit_breaker_rolls_back_a_broken_revision(server, unique):
 
 def test_delete_drains_then_goes_inactive(server, unique):
     definition = server.register(unique, [checked()])
-    create(server, unique, definition, 2)
+    server.create_service(unique, definition, 2)
     wait_stable(server, unique)
     with pytest.raises(server.ecs.exceptions.InvalidParameterException, match="scaled above 0"):
         server.ecs.delete_service(cluster="default", service=unique)
@@ -257,10 +245,9 @@ def test_errors_name_what_is_wrong(server, unique):
     missing = server.ecs.describe_services(cluster="default", services=[f"{unique}-nope"])
     assert missing["failures"][0]["reason"] == "MISSING"
     with pytest.raises(server.ecs.exceptions.InvalidParameterException, match="maximumPercent"):
-        create(server, unique, definition, 1, deploymentConfiguration={"maximumPercent": 50})
+        server.create_service(unique, definition, 1, deploymentConfiguration={"maximumPercent": 50})
     with pytest.raises(server.ecs.exceptions.InvalidParameterException, match="container port 9999"):
-        create(
-            server,
+        server.create_service(
             unique,
             definition,
             1,
@@ -272,9 +259,9 @@ def test_errors_name_what_is_wrong(server, unique):
                 }
             ],
         )
-    create(server, unique, definition, 0)
+    server.create_service(unique, definition, 0)
     with pytest.raises(server.ecs.exceptions.InvalidParameterException, match="not idempotent"):
-        create(server, unique, definition, 3)
+        server.create_service(unique, definition, 3)
     with pytest.raises(server.ecs.exceptions.ClusterNotFoundException):
         server.ecs.create_service(
             cluster=f"{unique}-none", serviceName=unique, taskDefinition=definition, desiredCount=1
@@ -284,7 +271,7 @@ def test_errors_name_what_is_wrong(server, unique):
 def test_control_plane_crash_mid_deployment(fresh_server, unique):
     server = fresh_server
     first = server.register(unique, [checked()])
-    create(server, unique, first, 2)
+    server.create_service(unique, first, 2)
     wait_rollout(server, unique, "COMPLETED")
     second = server.register(unique, [checked(environment=[{"name": "V", "value": "2"}])])
     server.ecs.update_service(cluster="default", service=unique, taskDefinition=second)
