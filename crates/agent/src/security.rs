@@ -3,7 +3,8 @@
 //! The agent's message loop only records an update and queues it: one worker applies
 //! the queue in order, merging the updates that arrived while it applied the previous
 //! one (the latest member lists, every task's latest policy), so a burst of changes is
-//! one nft transaction and a launch never waits behind one.
+//! one nft transaction and a launch never waits behind one. An update that fails is
+//! retried a second later, merged with what came meanwhile.
 //!
 //! A task's first policy comes with its plan; later ones arrive as
 //! [`ToAgent::Security`](model::agent::ToAgent::Security) at any moment, possibly while
@@ -23,12 +24,25 @@ use tokio::sync::mpsc;
 
 use crate::Agent;
 
+/// How long the worker waits before retrying an update that failed.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// An update waiting for the worker.
 #[derive(Debug)]
 struct Queued {
     members: BTreeMap<String, Vec<std::net::Ipv4Addr>>,
     policies: BTreeMap<String, SecurityPolicy>,
     version: u64,
+}
+
+impl Queued {
+    /// Folds a later update in: its member lists (complete) replace these, its policies
+    /// replace those of the same tasks.
+    fn merge(&mut self, later: Queued) {
+        self.members = later.members;
+        self.policies.extend(later.policies);
+        self.version = later.version;
+    }
 }
 
 /// The latest policies of the tasks this agent runs, and the worker's queue.
@@ -101,18 +115,32 @@ impl Agent {
     pub(crate) fn start_security_worker(&self, SecurityQueue(mut queue): SecurityQueue) {
         let agent = self.clone();
         tokio::spawn(async move {
-            while let Some(mut next) = queue.recv().await {
+            // An update that failed is retried after a pause, merged with what came
+            // meanwhile: the control plane sends only changes, so it would not come again.
+            let mut failed: Option<Queued> = None;
+            loop {
+                let mut next = match failed.take() {
+                    Some(update) => {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                        update
+                    }
+                    None => match queue.recv().await {
+                        Some(update) => update,
+                        None => return,
+                    },
+                };
                 while let Ok(later) = queue.try_recv() {
-                    next.members = later.members;
-                    next.policies.extend(later.policies);
-                    next.version = later.version;
+                    next.merge(later);
                 }
-                agent.apply_security(next).await;
+                if !agent.apply_security(&next).await {
+                    failed = Some(next);
+                }
             }
         });
     }
 
-    async fn apply_security(&self, update: Queued) {
+    /// Applies one (merged) update; false when it failed.
+    async fn apply_security(&self, update: &Queued) -> bool {
         let Queued {
             members,
             policies,
@@ -121,21 +149,27 @@ impl Agent {
         match self
             .inner
             .network
-            .update_security(Some(&members), &policies, version)
+            .update_security(Some(members), policies, *version)
             .await
         {
-            Ok(rebuilt) => tracing::debug!(
-                version,
-                groups = members.len(),
-                policies = policies.len(),
-                rebuilt = rebuilt.len(),
-                "security update applied"
-            ),
-            Err(error) => tracing::error!(
-                version,
-                error = %model::error_chain(&error),
-                "cannot apply a security update: tasks keep their previous rules until the next one"
-            ),
+            Ok(rebuilt) => {
+                tracing::debug!(
+                    version,
+                    groups = members.len(),
+                    policies = policies.len(),
+                    rebuilt = rebuilt.len(),
+                    "security update applied"
+                );
+                true
+            }
+            Err(error) => {
+                tracing::error!(
+                    version,
+                    error = %model::error_chain(&error),
+                    "cannot apply a security update: tasks keep their previous rules; retrying"
+                );
+                false
+            }
         }
     }
 

@@ -86,7 +86,7 @@ pub enum NetError {
     #[error("cannot update the nftables rules of task {task_id}: {detail}; restarting the agent reinstalls the bridge's tables")]
     TaskFirewall { task_id: String, detail: String },
 
-    #[error("cannot list the nftables tables `skiff_<bridge>` to find the rules of running tasks: {detail}")]
+    #[error("cannot list the nftables tables `skiff_<bridge>` to find the rules of running tasks: {detail}; check that `nft list ruleset` works for the agent's user (root)")]
     ListFirewall { detail: String },
 
     #[error("nft listed the tables `skiff_<bridge>` in JSON this agent cannot read: check that nft is version 1.0 or newer")]
@@ -95,8 +95,11 @@ pub enum NetError {
     #[error("security rule port range {low}-{high} is reversed: give the lower port first")]
     InvalidPortRange { low: u16, high: u16 },
 
-    #[error("security group id {group:?} is not of the form sg-<letters and digits>: the control plane sends only ids it created")]
+    #[error("security group id {group:?} is not of the form sg-<letters and digits>, and the control plane only creates such ids: the update was refused whole; report it as a bug with the server's log")]
     InvalidGroupId { group: String },
+
+    #[error("cannot apply a security group update: {detail}; the tasks keep their previous rules and the agent retries; if it keeps failing, check `nft list ruleset` and the kernel log")]
+    SecurityUpdate { detail: String },
 }
 
 impl NetError {

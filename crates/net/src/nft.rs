@@ -134,12 +134,17 @@ pub(crate) fn remove_jump(
 /// Applies a transaction that changes one task's objects (or, for a batch of several
 /// tasks, names the first of them in an error).
 pub(crate) async fn apply_for_task(batch: &Batch<'static>, task_id: &str) -> Result<(), NetError> {
+    apply(batch).await.map_err(|detail| NetError::TaskFirewall {
+        task_id: task_id.to_owned(),
+        detail,
+    })
+}
+
+/// Applies a transaction; the error is nft's own message.
+pub(crate) async fn apply(batch: &Batch<'static>) -> Result<(), String> {
     nftables::helper::apply_ruleset_async(&batch.clone().to_nftables())
         .await
-        .map_err(|source| NetError::TaskFirewall {
-            task_id: task_id.to_owned(),
-            detail: detail(&source),
-        })
+        .map_err(|source| detail(&source))
 }
 
 /// `nft -j list table` of one of this crate's tables, parsed.

@@ -276,11 +276,11 @@ impl TaskFirewall {
                 task_id.clone()
             })
             .collect();
-        if let Err(error) = nft::apply_for_task(&batch, "(security update)").await {
+        if let Err(detail) = nft::apply(&batch).await {
             if let Some(members) = members {
                 groups.unknown(members.keys().cloned());
             }
-            return Err(error);
+            return Err(NetError::SecurityUpdate { detail });
         }
         if let Some(members) = members {
             groups.installed(members);
@@ -297,11 +297,9 @@ impl TaskFirewall {
             if !stale.is_empty() {
                 let mut removal = Batch::new();
                 GroupSets::removal_commands(&mut removal, &self.ip, &stale);
-                match nft::apply_for_task(&removal, "(security update)").await {
+                match nft::apply(&removal).await {
                     Ok(()) => groups.removed(&stale),
-                    Err(error) => {
-                        tracing::debug!(error = %error, "member sets still in use are kept")
-                    }
+                    Err(detail) => tracing::debug!(%detail, "member sets still in use are kept"),
                 }
             }
         }

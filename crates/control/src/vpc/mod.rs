@@ -371,7 +371,7 @@ pub enum NetworkError {
     #[error("resource {id} has a dependent object: {dependents}; stop or change those first")]
     DependencyViolation { id: String, dependents: String },
 
-    #[error("the specified rule \"{rule}\" already exists in {group_id}")]
+    #[error("the specified rule \"{rule}\" already exists in {group_id}: it is in force already; drop it from the request")]
     PermissionDuplicate { rule: String, group_id: String },
 
     #[error("The specified rule \"{rule}\" does not exist in {group_id}: list its rules with describe-security-groups")]
