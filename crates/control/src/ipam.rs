@@ -70,12 +70,16 @@ impl Ipam {
 }
 
 impl Control {
-    pub(crate) async fn rebuild_ipam(&self) -> Result<(), store::StoreError> {
+    /// Claims the addresses and host ports of every task not yet STOPPED, from one
+    /// listing of the task records: the in-memory allocation tables at start.
+    pub(crate) async fn rebuild_allocations(&self) -> Result<(), store::StoreError> {
         let records = self.store().list_json::<TaskRecord>("tasks/").await?;
         let mut ipam = self.inner.ipam.lock().await;
-        for record in records {
-            if record.value.task.last_status != TaskStatus::Stopped {
-                ipam.claim(record.value.plan.network.address);
+        let mut ports = self.host_ports();
+        for record in records.into_iter().map(|r| r.value) {
+            if record.task.last_status != TaskStatus::Stopped {
+                ipam.claim(record.plan.network.address);
+                ports.claim(record.task.id(), &record.plan.network.port_bindings);
             }
         }
         Ok(())

@@ -94,8 +94,7 @@ impl Control {
             }),
         };
         control.ensure_default_network().await?;
-        control.rebuild_ipam().await?;
-        control.rebuild_host_ports().await?;
+        control.rebuild_allocations().await?;
         Ok(control)
     }
 

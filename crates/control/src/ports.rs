@@ -18,11 +18,10 @@ use std::str::FromStr;
 
 use ipnet::Ipv4Net;
 use model::agent::{PortBinding, Protocol, SecurityPolicy, SecurityRule};
-use model::task::{Failure, NetworkBinding, TaskStatus};
+use model::task::{Failure, NetworkBinding};
 use model::task_definition::ContainerDefinition;
-use store::StoreJsonExt;
 
-use crate::{Control, TaskRecord};
+use crate::Control;
 
 /// The host ports dynamic mappings get when no range is configured: ECS's range for
 /// dynamic host ports.
@@ -282,18 +281,6 @@ impl Control {
             .ports
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub(crate) async fn rebuild_host_ports(&self) -> Result<(), store::StoreError> {
-        let records = self.store().list_json::<TaskRecord>("tasks/").await?;
-        let mut ports = self.host_ports();
-        for record in records {
-            let record = record.value;
-            if record.task.last_status != TaskStatus::Stopped {
-                ports.claim(record.task.id(), &record.plan.network.port_bindings);
-            }
-        }
-        Ok(())
     }
 }
 
