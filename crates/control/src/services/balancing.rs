@@ -11,9 +11,10 @@
 //! ```
 //!
 //! A task that stopped by itself is deregistered at once. Registration state lives in
-//! the service record ([`super::SchedulerState::registered`] and `draining`), so a
-//! pass after a crash neither registers twice nor forgets a draining task; a restart
-//! of the whole server ends draining early (the agent's resync stops the task).
+//! the service record ([`super::SchedulerState::registered`]), so a pass after a crash
+//! does not register twice; a draining stop is the task's own state (DEACTIVATING since
+//! its `stoppingAt`), so no lost write of the service record forgets it. A restart of
+//! the whole server ends draining early (the agent's resync stops the task).
 
 use lb::{Target, TargetState};
 use model::service::{LoadBalancer, Service};
@@ -159,19 +160,14 @@ impl Control {
     pub(super) async fn stop_service_task(
         &self,
         cluster: &str,
-        record: &mut ServiceRecord,
+        record: &ServiceRecord,
         task_id: &str,
         reason: &str,
-        now: Timestamp,
     ) -> Result<(), EcsError> {
         let code = StopCode::ServiceSchedulerInitiated;
         if record.scheduler.registered.contains(task_id) {
             self.request_draining_stop(cluster, task_id, code, reason)
                 .await?;
-            record
-                .scheduler
-                .draining
-                .insert(task_id.to_string(), (now, reason.to_string()));
         } else {
             self.request_stop(cluster, task_id, code, reason).await?;
         }
@@ -213,23 +209,20 @@ impl Control {
                     record.scheduler.deregistered.insert(id.clone());
                     deregistered.extend(targets.iter().cloned());
                 }
-                if !record.scheduler.draining.contains_key(&id) {
-                    if task.task.last_status != TaskStatus::Deactivating {
-                        // Stopped on its own (or by a user): nothing to hold back.
-                        forget(record, &id);
-                        continue;
-                    }
-                    // Its draining stop was decided by a pass whose write was lost (the
-                    // task record kept it, the service record not): drain it from now.
-                    let reason = task.task.stopped_reason.clone().unwrap_or_default();
-                    record.scheduler.draining.insert(id.clone(), (now, reason));
+                // A draining stop is the task's own state (DEACTIVATING since its
+                // stoppingAt), so it survives a lost write of the service record and a
+                // restart; anything else stopped on its own or by a user.
+                if task.task.last_status != TaskStatus::Deactivating {
+                    forget(record, &id);
+                    continue;
                 }
                 let drained = targets
                     .iter()
                     .all(|(group, target)| balancer.target_state(group, target).is_none());
-                let (since, reason) = record.scheduler.draining[&id].clone();
+                let since = task.task.stopping_at.unwrap_or(now);
                 if drained || now - since > MAX_DRAIN_SECS + DRAIN_SLACK_SECS {
-                    self.release_stop(&id, &reason);
+                    let reason = task.task.stopped_reason.as_deref().unwrap_or_default();
+                    self.release_stop(&id, reason);
                     forget(record, &id);
                 }
             }
@@ -286,5 +279,4 @@ impl Control {
 fn forget(record: &mut ServiceRecord, task_id: &str) {
     record.scheduler.registered.remove(task_id);
     record.scheduler.deregistered.remove(task_id);
-    record.scheduler.draining.remove(task_id);
 }

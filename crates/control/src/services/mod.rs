@@ -11,7 +11,7 @@ mod balancing;
 mod plan;
 mod scheduler;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use model::ops::RunTaskRequest;
 use model::service::*;
@@ -53,10 +53,6 @@ pub(crate) struct SchedulerState {
     /// Registered tasks whose targets were deregistered.
     #[serde(default)]
     pub deregistered: BTreeSet<String>,
-    /// Tasks stopped by the scheduler whose agent stop waits for draining: since when,
-    /// and the stop reason.
-    #[serde(default)]
-    pub draining: BTreeMap<String, (Timestamp, String)>,
 }
 
 pub(crate) fn service_key(cluster: &str, name: &str) -> String {

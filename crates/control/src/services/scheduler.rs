@@ -143,7 +143,7 @@ impl Control {
             let mut record = decided.record;
             carried_events.extend(decided.action_events);
             for (task_id, reason) in &decided.stops {
-                self.stop_service_task(cluster, &mut record, task_id, reason, now)
+                self.stop_service_task(cluster, &record, task_id, reason)
                     .await?;
             }
             if !decided.stops.is_empty() {
